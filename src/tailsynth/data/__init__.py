@@ -1,0 +1,1 @@
+"""Datasets -> prepared folders (images, manifest.csv, classes.json); adapters per source format."""

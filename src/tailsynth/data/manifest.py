@@ -1,0 +1,113 @@
+"""The prepared-dataset contract: ``images/…``, ``manifest.csv`` and ``classes.json``.
+
+``manifest.csv`` columns: ``image`` (path relative to the folder), ``label`` (class index),
+``split`` (``train``/``val``/``test``, or ``pool`` for images only in the generator's pool),
+``in_pool`` (0/1) and optional ``group``. ``classes.json`` lists, per class: index, name,
+prompt name, train count and shot bucket.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tailsynth.errors import TailsynthError
+from tailsynth.io import read_json
+
+MANIFEST = "manifest.csv"
+CLASSES = "classes.json"
+BUCKETS = ("many", "medium", "few")
+
+
+def shot_bucket(train_count: int, many_above: int = 100, few_below: int = 20) -> str:
+    """``many`` if count > ``many_above``, ``few`` if count < ``few_below``, else ``medium``."""
+    if train_count > many_above:
+        return "many"
+    if train_count < few_below:
+        return "few"
+    return "medium"
+
+
+def class_table(
+    names: list[str], prompt_names: list[str], train_counts: list[int], many_above: int, few_below: int
+) -> list[dict]:
+    """The ``classes.json`` records, one per class in index order."""
+    if few_below > many_above + 1:
+        raise TailsynthError(f"data.buckets: few ({few_below}) must not exceed many ({many_above}) + 1")
+    return [
+        {
+            "index": i,
+            "name": name,
+            "prompt_name": prompt,
+            "train_count": int(n),
+            "bucket": shot_bucket(int(n), many_above, few_below),
+        }
+        for i, (name, prompt, n) in enumerate(zip(names, prompt_names, train_counts, strict=True))
+    ]
+
+
+def resolve_inside(root: str | Path, relative: str) -> Path:
+    """``root / relative``, refusing absolute paths and paths that climb out of ``root``."""
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(root):
+        raise TailsynthError(f"path {relative!r} in a manifest points outside its dataset root {root}")
+    return path
+
+
+def read_manifest(folder: str | Path) -> pd.DataFrame:
+    """Read and check ``folder/manifest.csv``."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise TailsynthError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
+    df = pd.read_csv(path, dtype={"image": str, "split": str})
+    missing = {"image", "split"} - set(df.columns)
+    if missing or not ({"label", "labels"} & set(df.columns)):
+        raise TailsynthError(f"{path} lacks columns {sorted(missing) or ['label']}")
+    return df
+
+
+def read_classes(folder: str | Path) -> list[dict]:
+    path = Path(folder) / CLASSES
+    if not path.is_file():
+        raise TailsynthError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
+    return read_json(path)
+
+
+def load_rows(folder: str | Path, rows: pd.DataFrame, channels: int | None = None) -> torch.Tensor:
+    """Images of ``rows`` (relative to ``folder``) as uint8 (N, C, H, W)."""
+    from tailsynth.data.images import load_image
+
+    out = []
+    for rel in rows["image"]:
+        img = load_image(resolve_inside(folder, rel), size=None, channels=channels or 3)
+        out.append((img * 255).round().to(torch.uint8))
+    if not out:
+        return torch.empty(0, channels or 3, 0, 0, dtype=torch.uint8)
+    return torch.stack(out)
+
+
+def load_split(folder: str | Path, split: str | list[str], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and int64 labels (N,) of the rows whose split is in ``split``.
+
+    ``split='pool'`` selects every row with ``in_pool`` set.
+    """
+    df = read_manifest(folder)
+    if split == "pool":
+        rows = df[df["in_pool"].astype(bool)]
+    else:
+        rows = df[df["split"].isin([split] if isinstance(split, str) else split)]
+    labels = torch.from_numpy(rows["label"].to_numpy(dtype=np.int64))
+    return load_rows(folder, rows, channels), labels
+
+
+def image_shape(folder: str | Path) -> tuple[int, int]:
+    """(channels, size) of the prepared images, read from the first one."""
+    from PIL import Image
+
+    df = read_manifest(folder)
+    with Image.open(resolve_inside(folder, df["image"].iloc[0])) as im:
+        return (1 if im.mode == "L" else 3), im.size[0]

@@ -1,0 +1,1 @@
+"""Augmentation families: training-time baselines, generated baselines, GeNIe, feedback, fusion."""

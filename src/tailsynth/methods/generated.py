@@ -1,0 +1,87 @@
+"""Generated baselines: ``txt2img`` (pure text-to-image) and ``img2img`` from same-class images.
+
+A method spec is its params section, e.g. ``{"mode": "txt2img"}`` or
+``{"mode": "img2img", "r": 0.7}``. Plans give every target class in the chosen buckets the
+same number of rows, so every generated method adds the same counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tailsynth.errors import TailsynthError
+from tailsynth.seeding import derive_seed
+from tailsynth.synth.plan import prompt_for
+
+MODES = ("txt2img", "img2img")
+
+
+def check_spec(method: str, spec: dict) -> None:
+    """Raise a clear error for an unknown mode or an r outside (0, 1]."""
+    mode = spec.get("mode")
+    if mode not in MODES:
+        raise TailsynthError(f"synth.{method}.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "img2img":
+        r = spec.get("r")
+        if not isinstance(r, (int, float)) or not 0 < r <= 1:
+            raise TailsynthError(f"synth.{method}.r must be a number in (0, 1], got {r!r}")
+
+
+def target_classes(classes: list[dict], buckets: list[str]) -> list[dict]:
+    """Classes whose shot bucket is in ``buckets``."""
+    unknown = set(buckets) - {"many", "medium", "few"}
+    if unknown:
+        raise TailsynthError(f"synth.buckets has unknown buckets {sorted(unknown)}; use many, medium, few")
+    return [c for c in classes if c["bucket"] in buckets]
+
+
+def plan_generated(
+    method: str,
+    spec: dict,
+    classes: list[dict],
+    manifest: pd.DataFrame,
+    *,
+    per_class: int,
+    buckets: list[str],
+    prompt_template: str,
+    steps: int,
+    cfg: float,
+    scheduler: str,
+    seed: int,
+) -> list[dict]:
+    """Rows for ``per_class`` images of each target class.
+
+    img2img sources are the target's own train images (``manifest`` rows), cycled in a seeded
+    order. Seeds derive from (``seed``, method, target, index within target).
+    """
+    check_spec(method, spec)
+    if per_class < 1:
+        raise TailsynthError(f"synth.per_class must be >= 1, got {per_class}")
+    rows = []
+    train = manifest[manifest["split"] == "train"]
+    for c in target_classes(classes, buckets):
+        k = c["index"]
+        sources = train.loc[train["label"] == k, "image"].tolist()
+        if spec["mode"] == "img2img" and not sources:
+            raise TailsynthError(f"class {c['name']!r} has no train image to use as img2img source")
+        order = np.random.default_rng(derive_seed(seed, method, k, "sources")).permutation(len(sources))
+        for j in range(per_class):
+            row = {
+                "method": method,
+                "mode": spec["mode"],
+                "target": k,
+                "label": k,
+                "source_image": "",
+                "source_label": -1,
+                "r": 1.0,
+                "steps": int(steps),
+                "cfg": float(cfg),
+                "scheduler": scheduler,
+                "seed": derive_seed(seed, method, k, j),
+                "prompt": prompt_for(prompt_template, c),
+            }
+            if spec["mode"] == "img2img":
+                row.update(source_image=sources[order[j % len(sources)]], source_label=k, r=float(spec["r"]))
+            rows.append(row)
+    return rows

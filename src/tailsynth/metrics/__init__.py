@@ -1,0 +1,1 @@
+"""Metrics: accuracy by shot bucket, label consistency, Fréchet distances."""

@@ -1,0 +1,60 @@
+"""Fréchet distances between image sets: in a feature space the pipeline owns, and Inception FID.
+
+``fd_oracle`` uses the oracle classifier's penultimate features: it is *not* FID and is named
+so. Inception FID (pytorch-fid) needs the Inception weights file on disk; without it the
+metric is absent and :func:`inception_weights_path` explains why.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` (N, D) and ``b`` (M, D)."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("need at least two samples on each side")
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    s1, s2 = np.atleast_2d(s1), np.atleast_2d(s2)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(s1)) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def inception_weights_path() -> tuple[Path | None, str]:
+    """(path, reason): the pytorch-fid Inception weights if present, else None and why."""
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    path = torch_home / "hub" / "checkpoints" / INCEPTION_FILE
+    if path.is_file():
+        return path, ""
+    return None, f"Inception FID skipped: {path} not found (download pytorch-fid's {INCEPTION_FILE} there)"
+
+
+@torch.no_grad()
+def inception_features(images: torch.Tensor, batch_size: int = 50, device: str = "cpu") -> np.ndarray:
+    """pytorch-fid pool3 features (N, 2048) of ``images`` (N, C, H, W) in [0, 1]; needs the weights file."""
+    from pytorch_fid.inception import InceptionV3
+
+    path, reason = inception_weights_path()
+    if path is None:
+        raise FileNotFoundError(reason)
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    feats = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].float().to(device)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        feats.append(model(x)[0].squeeze(-1).squeeze(-1).cpu().numpy())
+    return np.concatenate(feats)

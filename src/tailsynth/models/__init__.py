@@ -1,0 +1,1 @@
+"""Models: the generator (pretrained or trained small), classifiers, the oracle."""

@@ -1,0 +1,319 @@
+"""The text-to-image latent diffusion generator: load a pretrained one, or build and train a small one.
+
+Both end as a diffusers ``StableDiffusionPipeline`` folder, so everything downstream (txt2img,
+img2img, GeNIe) uses the stock pipelines on either.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from tailsynth.errors import TailsynthError
+from tailsynth.models.tokenizer import build_prompt_tokenizer
+
+Callback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class SmallLDMConfig:
+    """Shape of the embedded generator (see shared/docs/embedded-generator.md for the measured recipe)."""
+
+    image_size: int = 32
+    channels: int = 1
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_norm_groups: int = 32
+    unet_channels: tuple[int, ...] = (32, 64)
+    unet_norm_groups: int = 8
+    attention_head_dim: int = 4
+    text_hidden: int = 64
+    text_layers: int = 2
+    max_length: int = 8
+
+
+def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 0) -> dict:
+    """Randomly initialised VAE, UNet, CLIP text encoder, tokenizer and DDPM scheduler.
+
+    Returns a dict with the component names of ``StableDiffusionPipeline``.
+    """
+    torch.manual_seed(seed)
+    n_down = len(config.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=config.channels,
+        out_channels=config.channels,
+        down_block_types=("DownEncoderBlock2D",) * n_down,
+        up_block_types=("UpDecoderBlock2D",) * n_down,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.vae_norm_groups,
+        sample_size=config.image_size,
+    )
+    tokenizer = build_prompt_tokenizer([*prompts, ""], max_length=config.max_length)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_hidden,
+            intermediate_size=4 * config.text_hidden,
+            projection_dim=config.text_hidden,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=max(1, config.text_hidden // 16),
+            max_position_embeddings=config.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    n_unet = len(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=config.image_size // 2 ** (n_down - 1),
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n_unet,
+        up_block_types=("CrossAttnUpBlock2D",) * n_unet,
+        block_out_channels=config.unet_channels,
+        layers_per_block=1,
+        cross_attention_dim=config.text_hidden,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=config.unet_norm_groups,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+    return {
+        "vae": vae,
+        "unet": unet,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
+
+
+def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Yield ``steps`` index batches, reshuffling each epoch with ``generator``."""
+    perm = torch.randperm(n, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm = torch.randperm(n, generator=generator)
+            pos = 0
+        yield perm[pos : pos + min(batch_size, n)]
+        pos += batch_size
+
+
+def _lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-4,
+    seed: int = 0,
+    callback: Callback | None = None,
+) -> float:
+    """Train ``vae`` in place on ``images`` (N, C, H, W) in [0, 1]; return the last reconstruction MSE."""
+    gen = torch.Generator().manual_seed(seed)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(100, steps // 10)))
+    x_all = images * 2 - 1
+    mse = float("nan")
+    for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
+        x = x_all[idx]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        rec_loss = F.mse_loss(recon, x)
+        loss = rec_loss + kl_weight * posterior.kl().mean() / x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        mse = rec_loss.item() / 4  # MSE on the [0, 1] scale
+        if callback is not None:
+            callback(step, mse)
+    vae.eval()
+    return mse
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of ``images`` (N, C, H, W) in [0, 1], both (N, c, h, w), unscaled."""
+    vae.eval()
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        post = vae.encode(images[start : start + batch_size] * 2 - 1).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def set_latent_scaling(vae: AutoencoderKL, latent_mean: torch.Tensor) -> float:
+    """Set the VAE's ``scaling_factor`` to 1/std of the latents, as SD does; return it."""
+    factor = float(1.0 / latent_mean.std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+def train_denoiser(
+    components: dict,
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    prompts: Sequence[str],
+    *,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 5e-4,
+    warmup_steps: int = 100,
+    uncond_prob: float = 0.1,
+    ema_decay: float = 0.999,
+    train_text_encoder: bool = True,
+    seed: int = 0,
+    callback: Callback | None = None,
+) -> float:
+    """Train the UNet (and the text encoder) with the epsilon objective; load their EMA weights at the end.
+
+    ``latent_mean``/``latent_std`` (N, c, h, w) are the unscaled VAE posteriors of the N training
+    images and ``prompts`` their N prompts. A fraction ``uncond_prob`` of prompts is replaced by
+    the empty prompt so classifier-free guidance works. Returns the mean loss of the last 50 steps.
+    """
+    unet, text_encoder, tokenizer, noise_sched = (
+        components["unet"],
+        components["text_encoder"],
+        components["tokenizer"],
+        components["scheduler"],
+    )
+    scale = components["vae"].config.scaling_factor
+    gen = torch.Generator().manual_seed(seed)
+    ids = _token_ids(tokenizer, list(prompts))
+    empty_ids = _token_ids(tokenizer, [""])
+    modules = [unet] + ([text_encoder] if train_text_encoder else [])
+    params = [p for m in modules for p in m.parameters()]
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in modules]
+    for m in modules:
+        m.train()
+    text_encoder.requires_grad_(train_text_encoder)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps))
+    recent: list[float] = []
+    for step, idx in enumerate(_batches(len(latent_mean), batch_size, steps, gen)):
+        z0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)) * scale
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        zt = noise_sched.add_noise(z0, noise, t)
+        batch_ids = ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < uncond_prob
+        batch_ids[drop] = empty_ids
+        with torch.set_grad_enabled(train_text_encoder):
+            cond = text_encoder(batch_ids)[0]
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for m, e in zip(modules, ema, strict=True):
+                torch._foreach_lerp_(list(e.parameters()), list(m.parameters()), 1 - decay)
+        recent = (recent + [loss.item()])[-50:]
+        if callback is not None:
+            callback(step, loss.item())
+    with torch.no_grad():
+        for m, e in zip(modules, ema, strict=True):
+            m.load_state_dict(e.state_dict())
+            m.eval()
+    text_encoder.eval()
+    return sum(recent) / max(1, len(recent))
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def assemble_pipeline(components: dict) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` around trained components, without a safety checker."""
+    return StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+
+
+def load_pipeline(
+    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionPipeline:
+    """Load a text-to-image pipeline from a local diffusers folder or a hub id.
+
+    Raises ``TailsynthError`` naming ``model`` when it cannot be loaded (missing folder,
+    unknown id, no network and not in the local cache).
+    """
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, HTTP errors...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TailsynthError(
+            f"generator model {model!r} could not be loaded ({reason[:200]}); set generator.model to a local "
+            "diffusers folder (with model_index.json) or a hub id that is in the local cache"
+        ) from exc
+    return pipe.to(device)
+
+
+def pipeline_resolution(pipe: StableDiffusionPipeline) -> int:
+    """The image side the pipeline's UNet was trained for (e.g. 512 for SD 1.5, 32 for the embedded one)."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def cosine_warmup(step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to 10%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def generator_fingerprint(folder: "str | Path") -> str:
+    """A cheap identity of a saved pipeline folder: names, sizes and head/tail bytes of every file.
+
+    Part of each synthetic row's key, so images from another generator are never reused.
+    """
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(folder)}:{size}".encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(65536))
+            if size > 65536:
+                fh.seek(max(65536, size - 65536))
+                h.update(fh.read())
+    return h.hexdigest()[:16]

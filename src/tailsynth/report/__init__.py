@@ -1,0 +1,1 @@
+"""Summary tables, dvc plot data and sample grids."""

@@ -1,0 +1,68 @@
+"""One table comparing every method: ``summary.json``, ``summary.md`` and dvc plot tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+ACC_COLUMNS = ("overall", "many", "medium", "few")
+SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "fid", "n_synthetic")
+
+
+def summary_rows(results: dict[str, dict]) -> list[dict]:
+    """Flatten per-method evaluate metrics into one row per method (means and stds of accuracies)."""
+    rows = []
+    for method, m in results.items():
+        row: dict = {"method": method}
+        for col in ACC_COLUMNS:
+            if col in m.get("acc", {}):
+                row[f"acc_{col}"] = m["acc"][col]
+                row[f"acc_{col}_std"] = m.get("acc_std", {}).get(col, 0.0)
+        for col in SYNTH_COLUMNS:
+            if col in m:
+                row[col] = m[col]
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: float | None, std: float | None = None, pct: bool = True) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if pct:
+        return f"{100 * value:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * value:.1f}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def summary_markdown(rows: list[dict], title: str = "Long-tail results") -> str:
+    """A Markdown table: accuracies (%, mean ± std over seeds) and synthetic-set metrics."""
+    head = ["method", *[f"acc {c}" for c in ACC_COLUMNS], "oracle acc", "fd_oracle", "FID", "n synthetic"]
+    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"]]
+        cells += [_fmt(r.get(f"acc_{c}"), r.get(f"acc_{c}_std")) for c in ACC_COLUMNS]
+        cells += [
+            _fmt(r.get("oracle_acc")),
+            _fmt(r.get("fd_oracle"), pct=False),
+            _fmt(r.get("fid"), pct=False),
+            str(r.get("n_synthetic", 0)),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_class_table(results: dict[str, dict], classes: list[dict]) -> pd.DataFrame:
+    """Wide table for the per-class dvc plot: a row per class (index order = head to tail), a column per method."""
+    table = pd.DataFrame({"class_index": [c["index"] for c in classes], "class": [c["name"] for c in classes]})
+    for method, m in results.items():
+        table[method] = [m["per_class_acc"][c["name"]] for c in classes]
+    return table
+
+
+def bucket_table(results: dict[str, dict]) -> pd.DataFrame:
+    """Wide table for the by-bucket dvc plot: a row per bucket (overall, many, medium, few), a column per method."""
+    present = [b for b in ACC_COLUMNS if all(b in m["acc"] for m in results.values())]
+    table = pd.DataFrame({"bucket_index": range(len(present)), "bucket": present})
+    for method, m in results.items():
+        table[method] = [m["acc"][b] for b in present]
+    return table

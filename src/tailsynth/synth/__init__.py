@@ -1,0 +1,1 @@
+"""The generation runner: plan -> batched, seeded, resumable, sharded execution."""

@@ -1,0 +1,63 @@
+"""A generation plan: every row of a synthetic set, with its own seed, written before any image.
+
+Row columns (the synthetic-set contract): ``image, label, method, target, source_image,
+source_label, r, steps, seed`` plus ``prompt``, ``cfg``, ``key`` and method columns. ``key``
+hashes everything that determines the image (including the generator), and is part of the file
+name, so a changed plan never reuses a stale image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tailsynth.errors import TailsynthError
+from tailsynth.io import atomic_write_text
+
+PLAN = "plan.csv"
+MANIFEST = "manifest.csv"
+KEY_FIELDS = ("method", "target", "source_image", "r", "steps", "cfg", "seed", "prompt", "scheduler")
+
+
+def row_key(row: dict, generator_id: str) -> str:
+    """A short hash of the fields that determine a row's image."""
+    payload = json.dumps([generator_id, *[str(row.get(f, "")) for f in KEY_FIELDS]])
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def finalize_rows(rows: list[dict], generator_id: str) -> pd.DataFrame:
+    """Number the rows, hash them and give each its image path; returns the plan table."""
+    out = []
+    for i, row in enumerate(rows):
+        row = {"row": i, **row}
+        row["key"] = row_key(row, generator_id)
+        row["image"] = f"images/{int(row['target']):04d}/{i:06d}-{row['key']}.png"
+        row.setdefault("label", int(row["target"]))
+        out.append(row)
+    df = pd.DataFrame(out)
+    front = ["row", "image", "label", "method", "target", "source_image", "source_label", "r", "steps", "seed"]
+    return df[[c for c in front if c in df.columns] + [c for c in df.columns if c not in front]]
+
+
+def write_plan(plan: pd.DataFrame, folder: str | Path) -> None:
+    atomic_write_text(Path(folder) / PLAN, plan.to_csv(index=False))
+
+
+def read_plan(folder: str | Path) -> pd.DataFrame:
+    path = Path(folder) / PLAN
+    if not path.is_file():
+        raise TailsynthError(f"{path} not found; the synth stage writes it before generating")
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def prompt_for(template: str, class_info: dict) -> str:
+    """Fill the prompt template (param ``generator.prompt``) with a class's names."""
+    try:
+        return template.format(name=class_info["prompt_name"], superclass=class_info.get("superclass", ""))
+    except (KeyError, IndexError) as exc:
+        raise TailsynthError(
+            f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}} (and {{superclass}})"
+        ) from exc

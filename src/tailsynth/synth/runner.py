@@ -1,0 +1,106 @@
+"""Execute a plan: batched, seeded per row, resumable, sharded across processes, atomic outputs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from tailsynth.data.images import match_channels, resize_batch, save_png
+from tailsynth.io import atomic_write_text
+from tailsynth.synth.plan import MANIFEST, write_plan
+
+# (rows of one batch, their source images or None) -> images (N, C, H, W) in [0, 1]
+GenerateFn = Callable[[pd.DataFrame, torch.Tensor | None], torch.Tensor]
+SourceFn = Callable[[pd.DataFrame], torch.Tensor | None]
+BATCH_KEYS = ("mode", "r", "steps", "cfg")
+
+
+def image_ok(path: Path, size: int) -> bool:
+    """True when ``path`` is a readable image of the expected size (a finished row)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            return im.size == (size, size)
+    except (OSError, ValueError):
+        return False
+
+
+def pending_rows(plan: pd.DataFrame, folder: Path, size: int) -> pd.DataFrame:
+    """The rows whose image is missing or unreadable."""
+    done = [image_ok(folder / rel, size) for rel in plan["image"]]
+    return plan[[not d for d in done]]
+
+
+def batches(rows: pd.DataFrame, batch_size: int):
+    """Batches of rows that can share one pipeline call (same mode, r, steps and cfg), in plan order."""
+    keys = [k for k in BATCH_KEYS if k in rows.columns]
+    for _, group in rows.groupby(keys, sort=True) if keys else [(None, rows)]:
+        for start in range(0, len(group), batch_size):
+            yield group.iloc[start : start + batch_size]
+
+
+def run_plan(
+    plan: pd.DataFrame,
+    folder: str | Path,
+    generate: GenerateFn,
+    load_sources: SourceFn,
+    *,
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> pd.DataFrame:
+    """Generate every pending row of ``plan`` into ``folder`` and return the finished manifest.
+
+    The plan is written first. Rows whose image already exists and reads back are skipped, so an
+    interrupted run resumes. Each process takes every ``num_processes``-th pending batch; only
+    process 0 writes the plan and the manifest (call it after all processes finished). Images
+    are resized to ``image_size`` with ``channels`` channels and written atomically.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if process_index == 0:
+        write_plan(plan, folder)
+    todo = pending_rows(plan, folder, image_size)
+    for i, batch in enumerate(batches(todo, batch_size)):
+        if i % num_processes != process_index:
+            continue
+        images = generate(batch, load_sources(batch))
+        images = resize_batch(match_channels(images, channels), image_size)
+        for rel, img in zip(batch["image"], images, strict=True):
+            save_png(img, folder / rel)
+        if progress is not None:
+            progress(len(batch))
+    return plan
+
+
+def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFrame:
+    """Remove images not in the plan (left by earlier params), check every row, write ``manifest.csv``."""
+    folder = Path(folder)
+    wanted = {str(folder / rel) for rel in plan["image"]}
+    for path in (folder / "images").rglob("*"):
+        if path.is_file() and str(path) not in wanted:
+            os.unlink(path)
+    missing = pending_rows(plan, folder, image_size)
+    if len(missing):
+        raise RuntimeError(f"{len(missing)} planned images are missing in {folder}; re-run to resume")
+    atomic_write_text(folder / MANIFEST, plan.to_csv(index=False))
+    return plan
+
+
+def read_synthetic(folder: str | Path) -> pd.DataFrame:
+    """The finished manifest of a synthetic set."""
+    from tailsynth.errors import TailsynthError
+
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise TailsynthError(f"{path} not found; run the synth stage for this method first")
+    return pd.read_csv(path, keep_default_na=False)

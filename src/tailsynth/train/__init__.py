@@ -1,0 +1,1 @@
+"""Training classifiers on real and real + synthetic data."""

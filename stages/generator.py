@@ -1,0 +1,93 @@
+"""Stage generator: train the small latent diffusion model (embedded) or import a pretrained one."""
+
+import time
+
+import torch
+
+from tailsynth.data.manifest import image_shape, load_split, read_classes
+from tailsynth.errors import TailsynthError
+from tailsynth.io import atomic_dir, write_json
+from tailsynth.models import generator as gen
+from tailsynth.synth.plan import prompt_for
+
+from _common import load_params, log, prepared_dir, require, stage
+
+OUT = "models/generator"
+
+
+@stage
+def main() -> None:
+    params = load_params()
+    p = params["generator"]
+    if p["source"] == "pretrained":
+        model = require(p, "model", "generator")
+        pipe = gen.load_pipeline(model)
+        with atomic_dir(OUT) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            write_json(tmp / "tailsynth.json", {"source": "pretrained", "model": model, "prompt": p["prompt"]})
+        return
+    if p["source"] != "train":
+        raise TailsynthError(f"unknown generator.source {p['source']!r}; use train or pretrained")
+    folder = prepared_dir(params)
+    classes = read_classes(folder)
+    prompts = [prompt_for(p["prompt"], c) for c in classes]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    images, labels = load_split(folder, p["train_split"], channels=image_shape(folder)[0])
+    if len(images) == 0:
+        raise TailsynthError(f"generator.train_split {p['train_split']!r} selects no images in {folder}")
+    images = images.float() / 255
+    config = gen.SmallLDMConfig(image_size=images.shape[-1], channels=images.shape[1])
+    components = gen.build_small_ldm(prompts, config, seed=p["seed"])
+    t0 = time.time()
+    v = p["vae"]
+
+    def every(n: int, what: str):
+        return lambda step, loss: step % n == 0 and log.info("%s step %d loss %.5f", what, step, loss)
+
+    mse = gen.train_vae(
+        components["vae"],
+        images,
+        steps=v["steps"],
+        batch_size=v["batch_size"],
+        lr=v["lr"],
+        kl_weight=v["kl_weight"],
+        seed=p["seed"],
+        callback=every(50, "vae"),
+    )
+    t_vae = time.time() - t0
+    mean, std = gen.encode_latents(components["vae"], images)
+    scale = gen.set_latent_scaling(components["vae"], mean)
+    u = p["unet"]
+    loss = gen.train_denoiser(
+        components,
+        mean,
+        std,
+        [prompts[y] for y in labels.tolist()],
+        steps=u["steps"],
+        batch_size=u["batch_size"],
+        lr=u["lr"],
+        warmup_steps=u["warmup_steps"],
+        uncond_prob=u["uncond_prob"],
+        ema_decay=u["ema_decay"],
+        seed=p["seed"],
+        callback=every(100, "unet"),
+    )
+    info = {
+        "source": "train",
+        "prompt": p["prompt"],
+        "train_images": len(images),
+        "vae_recon_mse": mse,
+        "latent_scaling_factor": scale,
+        "denoiser_final_loss": loss,
+        "unet_parameters": gen.count_parameters(components["unet"]),
+        "vae_seconds": round(t_vae, 1),
+        "total_seconds": round(time.time() - t0, 1),
+    }
+    log.info("generator trained: %s", info)
+    with atomic_dir(OUT) as tmp:
+        gen.assemble_pipeline(components).save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "tailsynth.json", info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Stage generator_eval: does the generator follow its prompts? Oracle accuracy of Txt2Img samples."""
+
+import torch
+
+from tailsynth.data.images import match_channels, resize_batch
+from tailsynth.data.manifest import image_shape, read_classes
+from tailsynth.io import write_json
+from tailsynth.models.classifier import load_classifier, predict
+from tailsynth.models.generator import load_pipeline
+from tailsynth.report.grid import save_class_grid
+from tailsynth.seeding import derive_seed
+from tailsynth.synth.plan import prompt_for
+from tailsynth.synth.sampler import LatentDiffusionSampler
+
+from _common import device, load_params, log, prepared_dir, stage
+
+
+@stage
+def main() -> None:
+    params = load_params()
+    p = params["generator_eval"]
+    folder = prepared_dir(params)
+    classes = read_classes(folder)
+    channels, size = image_shape(folder)
+    dev = device()
+    dtype = torch.float16 if dev == "cuda" else torch.float32
+    sampler = LatentDiffusionSampler(load_pipeline("models/generator", device=dev, dtype=dtype), p["scheduler"])
+    oracle = load_classifier("models/oracle", device=dev)
+    images, labels = [], []
+    for c in classes:
+        prompt = prompt_for(params["generator"]["prompt"], c)
+        for start in range(0, p["per_class"], p["batch_size"]):
+            n = min(p["batch_size"], p["per_class"] - start)
+            seeds = [derive_seed(p["seed"], c["index"], start + i) for i in range(n)]
+            out = sampler.generate([prompt] * n, seeds, steps=p["steps"], cfg=p["cfg"])
+            images.append(resize_batch(match_channels(out, channels), size))
+            labels += [c["index"]] * n
+    images, labels = torch.cat(images), torch.tensor(labels)
+    pred = predict(oracle, images)[0].argmax(1)
+    per_class = [float((pred[labels == c["index"]] == c["index"]).float().mean()) for c in classes]
+    result = {
+        "oracle_acc": float(sum(per_class) / len(per_class)),
+        "oracle_acc_min": float(min(per_class)),
+        "oracle_acc_per_class": {c["name"]: a for c, a in zip(classes, per_class, strict=True)},
+        "n_samples": int(len(labels)),
+    }
+    log.info("generator oracle accuracy %.3f (worst class %.3f)", result["oracle_acc"], result["oracle_acc_min"])
+    write_json("metrics/generator.json", result)
+    save_class_grid(images, labels, "metrics/plots/generator_samples.png", per_row=p.get("grid_per_row", 10))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Stage oracle: an independent classifier, used only to judge label consistency of synthetic sets."""
+
+from tailsynth.data.manifest import image_shape, load_split, read_classes
+from tailsynth.errors import TailsynthError
+from tailsynth.io import atomic_dir, write_json
+from tailsynth.methods.augment import weak_transform
+from tailsynth.models.classifier import load_classifier, predict, save_classifier
+
+from _common import fit_from_params, load_params, log, prepared_dir, require, stage
+
+OUT = "models/oracle"
+
+
+@stage
+def main() -> None:
+    params = load_params()
+    p = params["oracle"]
+    folder = prepared_dir(params)
+    channels, _ = image_shape(folder)
+    classes = read_classes(folder)
+    if p["source"] == "train":
+        images, labels = load_split(folder, p["train_split"], channels)
+        model = fit_from_params(p, images, labels, len(classes), seed=p["seed"], transform=weak_transform())
+    elif p["source"] == "path":
+        model = load_classifier(require(p, "model", "oracle"))
+        if model.config["num_classes"] != len(classes):
+            raise TailsynthError(f"oracle.model has {model.config['num_classes']} classes, the dataset {len(classes)}")
+    else:
+        raise TailsynthError(f"unknown oracle.source {p['source']!r}; use train or path")
+    test_x, test_y = load_split(folder, "test", channels)
+    acc = float((predict(model, test_x.float() / 255)[0].argmax(1) == test_y).float().mean())
+    log.info("oracle test accuracy %.4f", acc)
+    with atomic_dir(OUT) as tmp:
+        save_classifier(model, tmp, extra={"role": "oracle"})
+    write_json("metrics/oracle.json", {"test_acc": acc, "n_test": int(len(test_y)), "chance": float(1 / len(classes))})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Stage prepare: a dataset source -> data/prepared/<dataset>/ (images, manifest.csv, classes.json)."""
+
+from tailsynth.data.csv_source import scan_csv
+from tailsynth.data.digits import load_digits_split
+from tailsynth.data.imagefolder import scan_imagefolder
+from tailsynth.data.prepare import Record, write_prepared
+from tailsynth.errors import TailsynthError
+
+from _common import load_params, log, prepared_dir, progress_bar, require, stage
+
+
+@stage
+def main() -> None:
+    p = load_params()["data"]
+    kind = p["dataset"]
+    if kind == "digits":
+        d = load_digits_split(
+            size=p["size"],
+            imbalance_ratio=p["imbalance_ratio"],
+            max_per_class=p["max_per_class"],
+            test_per_class=p["test_per_class"],
+            val_per_class=p["val_per_class"],
+            seed=p["seed"],
+        )
+        records = [
+            Record(key=f"{i:05d}", image=img, label=int(y), split=str(s), in_pool=bool(pool))
+            for i, (img, y, s, pool) in enumerate(zip(d["images"], d["labels"], d["split"], d["in_pool"], strict=True))
+        ]
+        names = d["names"]
+    elif kind == "imagefolder":
+        records, names = scan_imagefolder(
+            require(p, "root", "data"), val_fraction=p["val_fraction"], test_fraction=p["test_fraction"], seed=p["seed"]
+        )
+    elif kind == "csv":
+        records, names = scan_csv(require(p, "csv", "data"), p.get("root"))
+    else:
+        raise TailsynthError(f"unknown data.dataset {kind!r}; use digits, imagefolder or csv")
+    prompt_names = [n.replace("_", " ") for n in names]
+    with progress_bar(len(records), "prepare") as bar:
+        table = write_prepared(
+            prepared_dir({"data": p}),
+            records,
+            names=names,
+            prompt_names=prompt_names,
+            size=p["size"],
+            channels=p["channels"],
+            many_above=p["buckets"]["many"],
+            few_below=p["buckets"]["few"],
+            progress=bar.update,
+        )
+    for c in table:
+        log.info("class %d %-12s train=%4d %s", c["index"], c["name"], c["train_count"], c["bucket"])
+
+
+if __name__ == "__main__":
+    main()
