@@ -68,14 +68,11 @@ def fit_from_params(
     section: dict, images, labels, num_classes: int, *, seed: int, transform=None, batch_transform=None
 ):
     """Build and train a classifier as a params section (classifier, oracle, retrain) describes it."""
-    import torch
-
     from tailsynth.models.classifier import build_classifier, load_pretrained_backbone
     from tailsynth.train.fit import FitConfig, fit_classifier
 
-    torch.manual_seed(seed)
     model = build_classifier(
-        section["arch"], num_classes, images.shape[1], images.shape[-1], width=section.get("width", 32)
+        section["arch"], num_classes, images.shape[1], images.shape[-1], width=section.get("width", 32), seed=seed
     )
     if section.get("weights"):
         load_pretrained_backbone(model, section["weights"])

@@ -57,7 +57,7 @@ def synthetic_quality(synthetic, classes, test_x, test_y, channels, p) -> dict:
     if len(rows) == 0:
         return {"n_synthetic": 0}
     images = load_rows(synthetic, rows, channels).float() / 255
-    labels = torch.as_tensor(rows["label"].to_numpy(), dtype=torch.int64)
+    labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)
     oracle = load_classifier("models/oracle", device())
     logits, feats = predict(oracle, images)
     out = {"n_synthetic": int(len(rows)), "oracle_acc": float((logits.argmax(1) == labels).float().mean())}

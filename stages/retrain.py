@@ -10,7 +10,6 @@ from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir
 from tailsynth.methods.augment import AUGMENT_METHODS, training_augmentation
 from tailsynth.models.classifier import save_classifier
-from tailsynth.synth.plan import MANIFEST
 from tailsynth.synth.runner import read_synthetic
 
 from _common import fit_from_params, load_params, log, prepared_dir, stage
@@ -20,24 +19,24 @@ from _common import fit_from_params, load_params, log, prepared_dir, stage
 def main(method: str) -> None:
     params = load_params()
     p = params["retrain"]
+    synthetic = Path("data/synthetic") / method
+    if method not in AUGMENT_METHODS and method not in params.get("synth", {}):
+        raise TailsynthError(
+            f"unknown method {method!r}: neither a training-time method ({', '.join(AUGMENT_METHODS)}) "
+            "nor a generated one with a synth section; check 'methods' in params.yaml"
+        )
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
     images, labels = load_split(folder, "train", channels)
-    synthetic = Path("data/synthetic") / method
     if method in AUGMENT_METHODS:
         transform, batch_transform = training_augmentation(method, len(classes), params.get("augment", {}).get(method))
-    elif (synthetic / MANIFEST).is_file():
+    else:
         rows = read_synthetic(synthetic)
         images = torch.cat([images, load_rows(synthetic, rows, channels)])
-        labels = torch.cat([labels, torch.as_tensor(rows["label"].to_numpy(), dtype=torch.int64)])
+        labels = torch.cat([labels, torch.tensor(rows["label"].tolist(), dtype=torch.int64)])
         transform, batch_transform = None, None
         log.info("retrain %s: %d real + %d synthetic images", method, len(labels) - len(rows), len(rows))
-    else:
-        raise TailsynthError(
-            f"unknown method {method!r}: neither a training-time method ({', '.join(AUGMENT_METHODS)}) "
-            f"nor a synthetic set at {synthetic}; check 'methods' in params.yaml"
-        )
     with atomic_dir(Path("models/retrain") / method) as tmp:
         for seed in range(params["eval"]["seeds"]):
             model = fit_from_params(

@@ -11,7 +11,7 @@ import torch
 
 from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest
 from tailsynth.errors import TailsynthError
-from tailsynth.methods.generated import plan_generated
+from tailsynth.methods.generated import check_spec, plan_generated
 from tailsynth.models.generator import generator_fingerprint, load_pipeline
 from tailsynth.synth.plan import finalize_rows
 from tailsynth.synth.runner import finish, run_plan
@@ -30,6 +30,7 @@ def main(method: str) -> None:
     p = params["synth"]
     if not isinstance(p.get(method), dict):
         raise TailsynthError(f"unknown generated method {method!r}: params.yaml has no synth.{method} section")
+    check_spec(method, p[method])
     folder = prepared_dir(params)
     classes, manifest = read_classes(folder), read_manifest(folder)
     channels, size = image_shape(folder)

@@ -100,7 +100,7 @@ def load_split(folder: str | Path, split: str | list[str], channels: int) -> tup
         rows = df[df["in_pool"].astype(bool)]
     else:
         rows = df[df["split"].isin([split] if isinstance(split, str) else split)]
-    labels = torch.from_numpy(rows["label"].to_numpy(dtype=np.int64))
+    labels = torch.from_numpy(rows["label"].to_numpy(dtype=np.int64, copy=True))
     return load_rows(folder, rows, channels), labels
 
 

@@ -112,8 +112,9 @@ def build_classifier(
     width: int = 32,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    seed: int = 0,
 ) -> Classifier:
-    """A fresh classifier. ``mean``/``std`` default to 0.5 per channel."""
+    """A fresh classifier initialised from ``seed``. ``mean``/``std`` default to 0.5 per channel."""
     cfg = {
         "arch": arch,
         "num_classes": int(num_classes),
@@ -123,7 +124,9 @@ def build_classifier(
         "mean": mean or [0.5] * in_channels,
         "std": std or [0.5] * in_channels,
     }
-    return Classifier(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Classifier(cfg)
 
 
 def load_pretrained_backbone(model: Classifier, path: str | Path) -> None:

@@ -92,6 +92,7 @@ def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 
         beta_schedule="scaled_linear",
         clip_sample=False,
         prediction_type="epsilon",
+        steps_offset=1,
     )
     return {
         "vae": vae,
@@ -270,7 +271,7 @@ def load_pipeline(
     """
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, HTTP errors...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -61,7 +61,7 @@ def run_plan(
     """Generate every pending row of ``plan`` into ``folder`` and return the finished manifest.
 
     The plan is written first. Rows whose image already exists and reads back are skipped, so an
-    interrupted run resumes. Each process takes every ``num_processes``-th pending batch; only
+    interrupted run resumes. Each process takes every ``num_processes``-th batch of the plan; only
     process 0 writes the plan and the manifest (call it after all processes finished). Images
     are resized to ``image_size`` with ``channels`` channels and written atomically.
     """
@@ -69,10 +69,10 @@ def run_plan(
     folder.mkdir(parents=True, exist_ok=True)
     if process_index == 0:
         write_plan(plan, folder)
-    todo = pending_rows(plan, folder, image_size)
-    for i, batch in enumerate(batches(todo, batch_size)):
-        if i % num_processes != process_index:
-            continue
+    # Shards are fixed on the whole plan, so processes agree on them whatever is already done.
+    mine = [b for i, b in enumerate(batches(plan, batch_size)) if i % num_processes == process_index]
+    todo = pending_rows(pd.concat(mine) if mine else plan.iloc[:0], folder, image_size)
+    for batch in batches(todo, batch_size):
         images = generate(batch, load_sources(batch))
         images = resize_batch(match_channels(images, channels), image_size)
         for rel, img in zip(batch["image"], images, strict=True):

@@ -1,0 +1,20 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def rgb_image_file(tmp_path):
+    from PIL import Image
+
+    def make(path: Path, size=(40, 30), color=(200, 30, 30), mode="RGB") -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, size, color if mode == "RGB" else color[0]).save(path)
+        return path
+
+    return make

@@ -1,0 +1,138 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tailsynth.data.csv_source import scan_csv
+from tailsynth.data.digits import load_digits_split, long_tail_counts
+from tailsynth.data.imagefolder import scan_imagefolder
+from tailsynth.data.images import load_image
+from tailsynth.data.manifest import load_split, read_classes, read_manifest, resolve_inside, shot_bucket
+from tailsynth.data.prepare import Record, write_prepared
+from tailsynth.errors import TailsynthError
+
+
+def test_long_tail_profile_spans_the_ratio():
+    counts = long_tail_counts(10, 120, 30)
+    assert counts[0] == 120 and counts[-1] == 4
+    assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+
+
+def test_digits_splits_are_disjoint_balanced_and_long_tailed():
+    d = load_digits_split(size=16, imbalance_ratio=30, max_per_class=120, test_per_class=50, val_per_class=4, seed=0)
+    assert d["images"].shape[1:] == (1, 16, 16)
+    assert 0 <= d["images"].min() and d["images"].max() <= 1
+    labels, split, pool = d["labels"], d["split"], d["in_pool"]
+    test_counts = np.bincount(labels[split == "test"], minlength=10)
+    assert (test_counts == 50).all()
+    train_counts = np.bincount(labels[split == "train"], minlength=10)
+    assert list(train_counts) == long_tail_counts(10, 120, 30)
+    assert (np.bincount(labels[split == "val"], minlength=10) == 4).all()
+    pool_counts = np.bincount(labels[pool], minlength=10)
+    assert len(set(pool_counts)) == 1  # balanced
+    assert not pool[split == "test"].any()
+    assert pool[split == "train"].all()
+
+
+def test_digits_refuses_more_train_than_available():
+    with pytest.raises(TailsynthError, match="max_per_class"):
+        load_digits_split(size=8, imbalance_ratio=10, max_per_class=170, test_per_class=50, val_per_class=4, seed=0)
+
+
+@pytest.mark.parametrize(("count", "bucket"), [(101, "many"), (100, "medium"), (20, "medium"), (19, "few")])
+def test_shot_buckets_use_paper_thresholds_by_default(count, bucket):
+    assert shot_bucket(count) == bucket
+
+
+def test_write_prepared_writes_contract_files(tmp_path):
+    records = [
+        Record(key=f"{i}", image=torch.rand(1, 8, 8), label=int(i >= 4), split="train" if i < 6 else "test")
+        for i in range(8)
+    ]
+    table = write_prepared(
+        tmp_path / "ds",
+        records,
+        names=["a", "b"],
+        prompt_names=["a", "b"],
+        size=8,
+        channels=1,
+        many_above=3,
+        few_below=2,
+    )
+    assert [c["train_count"] for c in table] == [4, 2]
+    assert [c["bucket"] for c in table] == ["many", "medium"]
+    df = read_manifest(tmp_path / "ds")
+    assert list(df.columns[:4]) == ["image", "label", "split", "in_pool"]
+    assert read_classes(tmp_path / "ds")[1]["name"] == "b"
+    x, y = load_split(tmp_path / "ds", "train", channels=1)
+    assert x.shape == (6, 1, 8, 8) and x.dtype == torch.uint8 and y.tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_write_prepared_leaves_nothing_on_failure(tmp_path):
+    def records():
+        yield Record(key="0", image=torch.rand(1, 8, 8), label=0, split="train")
+        raise TailsynthError("boom")
+
+    with pytest.raises(TailsynthError):
+        write_prepared(
+            tmp_path / "ds", records(), names=["a"], prompt_names=["a"], size=8, channels=1, many_above=1, few_below=1
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_imagefolder_with_split_folders_any_size_and_mode(tmp_path, rgb_image_file):
+    root = tmp_path / "root"
+    rgb_image_file(root / "train" / "golden retriever" / "a.jpg", size=(50, 20))
+    rgb_image_file(root / "train" / "golden retriever" / "b.png", mode="L")
+    rgb_image_file(root / "train" / "cat" / "c.png")
+    rgb_image_file(root / "test" / "cat" / "d.png", size=(7, 9))
+    records, names = scan_imagefolder(root)
+    assert names == ["cat", "golden retriever"]
+    assert sorted((r.split, r.label) for r in records) == [("test", 0), ("train", 0), ("train", 1), ("train", 1)]
+    table = write_prepared(
+        tmp_path / "out", records, names=names, prompt_names=names, size=12, channels=3, many_above=5, few_below=2
+    )
+    assert table[1]["train_count"] == 2
+    x, _ = load_split(tmp_path / "out", ["train", "test"], channels=3)
+    assert x.shape == (4, 3, 12, 12)
+
+
+def test_imagefolder_without_splits_uses_fractions(tmp_path, rgb_image_file):
+    for i in range(10):
+        rgb_image_file(tmp_path / "r" / "x" / f"{i}.png")
+    records, _ = scan_imagefolder(tmp_path / "r", val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert sorted(r.split for r in records).count("test") == 2
+    assert sorted(r.split for r in records).count("val") == 1
+
+
+def test_imagefolder_errors_name_the_folder(tmp_path, rgb_image_file):
+    with pytest.raises(TailsynthError, match="data.root.*nothere"):
+        scan_imagefolder(tmp_path / "nothere")
+    (tmp_path / "r" / "empty").mkdir(parents=True)
+    rgb_image_file(tmp_path / "r" / "full" / "a.png")
+    with pytest.raises(TailsynthError, match="empty.*no images"):
+        scan_imagefolder(tmp_path / "r")
+
+
+def test_unreadable_image_error_names_the_file(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(TailsynthError, match="bad.png"):
+        load_image(bad, 8, 1)
+
+
+def test_csv_adapter_and_path_safety(tmp_path, rgb_image_file):
+    rgb_image_file(tmp_path / "imgs" / "a.png")
+    rgb_image_file(tmp_path / "imgs" / "b.png")
+    pd.DataFrame({"image": ["imgs/a.png", "imgs/b.png"], "label": ["dog", "cat"], "split": ["train", "test"]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+    records, names = scan_csv(tmp_path / "m.csv")
+    assert names == ["cat", "dog"] and [r.label for r in records] == [1, 0]
+    pd.DataFrame({"image": ["../outside.png"], "label": ["dog"], "split": ["train"]}).to_csv(
+        tmp_path / "evil.csv", index=False
+    )
+    with pytest.raises(TailsynthError, match="outside"):
+        scan_csv(tmp_path / "evil.csv")
+    with pytest.raises(TailsynthError, match="outside"):
+        resolve_inside(tmp_path, "/etc/passwd")

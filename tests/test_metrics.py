@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from tailsynth.metrics.accuracy import bucket_accuracy, mean_std, per_class_accuracy
+from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
+from tailsynth.report.summary import bucket_table, per_class_table, summary_markdown, summary_rows
+
+CLASSES = [{"index": 0, "name": "a", "bucket": "many"}, {"index": 1, "name": "b", "bucket": "few"}]
+
+
+def test_bucket_and_per_class_accuracy():
+    labels = np.array([0, 0, 1, 1])
+    pred = np.array([0, 1, 1, 1])
+    acc = bucket_accuracy(pred, labels, CLASSES)
+    assert acc == {"overall": 0.75, "many": 0.5, "few": 1.0}
+    assert list(per_class_accuracy(pred, labels, 3)[:2]) == [0.5, 1.0]
+    assert np.isnan(per_class_accuracy(pred, labels, 3)[2])
+    stats = mean_std([{"x": 0.5}, {"x": 0.7}])
+    assert stats["x"]["mean"] == pytest.approx(0.6) and stats["x"]["std"] == pytest.approx(0.1)
+
+
+def test_frechet_distance_is_zero_for_same_gaussian_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, b) < 0.02
+    assert frechet_distance(a, b + 2.0) == pytest.approx(12.0, rel=0.05)  # |mu|^2 = 3 * 2^2
+
+
+def test_inception_fid_is_absent_with_a_reason_without_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path, reason = inception_weights_path()
+    assert path is None and "pt_inception-2015-12-05-6726825d.pth" in reason and str(tmp_path) in reason
+    with pytest.raises(FileNotFoundError, match="Inception FID skipped"):
+        inception_features(torch.rand(2, 3, 32, 32))
+
+
+def test_summary_table_and_plot_tables():
+    results = {
+        "none": {
+            "acc": {"overall": 0.5, "many": 0.9, "few": 0.1},
+            "acc_std": {"overall": 0.01, "many": 0, "few": 0},
+            "per_class_acc": {"a": 0.9, "b": 0.1},
+            "n_synthetic": 0,
+        },
+        "txt2img": {
+            "acc": {"overall": 0.6, "many": 0.9, "few": 0.3},
+            "acc_std": {"overall": 0.02, "many": 0, "few": 0},
+            "per_class_acc": {"a": 0.9, "b": 0.3},
+            "n_synthetic": 50,
+            "oracle_acc": 0.97,
+            "fd_oracle": 1.5,
+        },
+    }
+    rows = summary_rows(results)
+    md = summary_markdown(rows)
+    assert "| txt2img | 60.0 ± 2.0 | 90.0 ± 0.0 | — | 30.0 ± 0.0 | 97.0 | 1.5 | — | 50 |" in md
+    assert list(per_class_table(results, CLASSES)["txt2img"]) == [0.9, 0.3]
+    assert list(bucket_table(results)["bucket"]) == ["overall", "many", "few"]

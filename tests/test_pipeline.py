@@ -1,0 +1,125 @@
+"""End to end: `dvc repro` of the whole pipeline on the smoke profile, in a temporary git repo."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from pipeline_utils import make_project, run, smoke_overrides
+
+pytestmark = pytest.mark.slow
+DVC = str(Path(sys.executable).parent / "dvc")
+METHODS = ["none", "weak", "strong", "cutmix", "mixup", "txt2img", "img2img_low", "img2img_high"]
+GENERATED = ["txt2img", "img2img_low", "img2img_high"]
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, monkeypatch_module):
+    # No Inception weights here: FID must be absent, not made up.
+    monkeypatch_module.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    root = make_project(tmp_path_factory.mktemp("pipeline"), smoke_overrides())
+    proc = run([DVC, "repro"], root)
+    root.joinpath("repro.log").write_text(proc.stdout + proc.stderr)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "repro"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_every_stage_ran_and_declared_outputs_exist(project):
+    stages = ran_stages((project / "repro.log").read_text())
+    expected = {"prepare", "generator", "oracle", "generator_eval", "classifier", "report"}
+    expected |= {f"synth@{m}" for m in GENERATED} | {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
+    assert stages == expected
+    assert (project / "data/prepared/digits/classes.json").is_file()
+    assert (project / "models/generator/model_index.json").is_file()
+    assert (project / "models/classifier/confusion_train.csv").is_file()
+    for m in METHODS:
+        assert len(list((project / "models/retrain" / m).glob("seed*/model.safetensors"))) == 2
+    for name in (
+        "summary.json",
+        "summary.md",
+        "generator.json",
+        "oracle.json",
+        "plots/per_class.csv",
+        "plots/by_bucket.csv",
+        "plots/generator_samples.png",
+    ):
+        assert (project / "metrics" / name).is_file(), name
+    assert sorted(p.stem for p in (project / "metrics/plots/samples").glob("*.png")) == sorted(GENERATED)
+
+
+def test_synthetic_sets_follow_the_contract(project):
+    classes = json.loads((project / "data/prepared/digits/classes.json").read_text())
+    few = [c["index"] for c in classes if c["bucket"] == "few"]
+    for m in GENERATED:
+        df = pd.read_csv(project / "data/synthetic" / m / "manifest.csv", keep_default_na=False)
+        for col in ("image", "label", "method", "target", "source_image", "source_label", "r", "steps", "seed"):
+            assert col in df.columns
+        assert sorted(df["label"].unique()) == few and (df.groupby("label").size() == 3).all()
+        assert all((project / "data/synthetic" / m / p).is_file() for p in df["image"])
+        if m == "txt2img":
+            assert (df["r"] == 1.0).all() and (df["source_image"] == "").all()
+        else:
+            assert (df["source_label"] == df["label"]).all()
+
+
+def test_metrics_are_in_range(project):
+    summary = json.loads((project / "metrics/summary.json").read_text())
+    assert list(summary) == METHODS
+    for m, row in summary.items():
+        for key in ("acc_overall", "acc_many", "acc_medium", "acc_few"):
+            assert 0 <= row[key] <= 1
+        assert "fid" not in row  # no Inception weights in this environment
+        if m in GENERATED:
+            assert row["n_synthetic"] == 12 and 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
+    gen = json.loads((project / "metrics/generator.json").read_text())
+    assert 0 <= gen["oracle_acc"] <= 1 and len(gen["oracle_acc_per_class"]) == 10
+    assert "| img2img_high |" in (project / "metrics/summary.md").read_text()
+
+
+def test_noop_repro_runs_nothing(project):
+    proc = run([DVC, "repro"], project)
+    assert ran_stages(proc.stdout) == set()
+
+
+def test_exp_run_reruns_only_the_changed_methods_stages(project):
+    proc = run([DVC, "exp", "run", "-S", "synth.img2img_high.r=0.6"], project)
+    assert ran_stages(proc.stdout) == {"synth@img2img_high", "retrain@img2img_high", "evaluate@img2img_high", "report"}
+    df = pd.read_csv(project / "data/synthetic/img2img_high/manifest.csv")
+    assert (df["r"] == 0.6).all()
+    assert len(list((project / "data/synthetic/img2img_high/images").rglob("*.png"))) == len(df)
+    diff = run([DVC, "metrics", "diff", "--json"], project).stdout
+    assert "metrics/evaluate/img2img_high.json" in diff
+
+
+def test_interrupted_generation_resumes(project):
+    folder = project / "data/synthetic/txt2img"
+    images = sorted(folder.rglob("*.png"))
+    kept = {p: p.stat().st_mtime_ns for p in images[2:]}
+    for p in images[:2]:
+        p.unlink()
+    (folder / "manifest.csv").unlink()  # as if killed before the end
+    proc = run([DVC, "repro", "synth@txt2img"], project)
+    assert "synth@txt2img" in ran_stages(proc.stdout)
+    assert all(p.is_file() for p in images)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished rows were not redone
+    assert len(pd.read_csv(folder / "manifest.csv")) == len(images)
+
+
+def test_params_yaml_lists_every_method_stage():
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    assert list(params["methods"]) == METHODS

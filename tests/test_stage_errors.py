@@ -1,0 +1,74 @@
+"""Bad input to a stage: one line naming the param or file, exit status 2, nothing left behind."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_utils import ROOT, deep_update, run
+
+
+@pytest.fixture
+def project(tmp_path):
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+
+    def stage(script: str, *args: str, params: dict | None = None):
+        p = yaml.safe_load((ROOT / "params.yaml").read_text())
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_update(p, params or {})))
+        return run([sys.executable, f"stages/{script}", *args], tmp_path, check=False)
+
+    stage.root = tmp_path
+    return stage
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_dataset_root(project, tmp_path):
+    proc = project("prepare.py", params={"data": {"dataset": "imagefolder", "root": str(tmp_path / "nope")}})
+    assert_one_line_error(proc, "data.root", "nope")
+    assert not (project.root / "data").exists()
+
+
+def test_empty_class_folder_and_unreadable_image(project, tmp_path, rgb_image_file):
+    root = tmp_path / "ds"
+    rgb_image_file(root / "cat" / "a.png")
+    (root / "dog").mkdir()
+    proc = project("prepare.py", params={"data": {"dataset": "imagefolder", "root": str(root), "channels": 3}})
+    assert_one_line_error(proc, "dog", "no images")
+    rgb_image_file(root / "dog" / "b.png")
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+    proc = project("prepare.py", params={"data": {"dataset": "imagefolder", "root": str(root), "channels": 3}})
+    assert_one_line_error(proc, "broken.png")
+    assert not (project.root / "data" / "prepared" / "imagefolder").exists()
+    assert not list((project.root / "data" / "prepared").glob("*"))
+
+
+def test_unknown_dataset_kind(project):
+    assert_one_line_error(project("prepare.py", params={"data": {"dataset": "parquet"}}), "data.dataset", "parquet")
+
+
+def test_unknown_method_name(project):
+    assert_one_line_error(project("retrain.py", "bogus"), "unknown method 'bogus'", "methods")
+    assert not Path(project.root / "models").exists()
+
+
+@pytest.mark.parametrize("r", [0, 1.2])
+def test_r_outside_unit_interval(project, r):
+    proc = project("synth.py", "img2img_high", params={"synth": {"img2img_high": {"r": r}}})
+    assert_one_line_error(proc, "synth.img2img_high.r", "(0, 1]")
+    assert not (project.root / "data").exists()
+
+
+def test_generator_that_cannot_be_loaded(project, tmp_path):
+    missing = str(tmp_path / "no-such-sd15")
+    proc = project("generator.py", params={"generator": {"source": "pretrained", "model": missing}})
+    assert_one_line_error(proc, "no-such-sd15", "generator.model")
+    assert not (project.root / "models").exists()

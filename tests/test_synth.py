@@ -1,0 +1,162 @@
+import pandas as pd
+import pytest
+import torch
+
+from tailsynth.errors import TailsynthError
+from tailsynth.methods.generated import plan_generated
+from tailsynth.models import generator as gen
+from tailsynth.synth.plan import finalize_rows, read_plan, row_key
+from tailsynth.synth.runner import finish, pending_rows, run_plan
+from tailsynth.synth.sampler import LatentDiffusionSampler
+
+CLASSES = [
+    {"index": 0, "name": "zero", "prompt_name": "zero", "train_count": 30, "bucket": "many"},
+    {"index": 1, "name": "one", "prompt_name": "one", "train_count": 3, "bucket": "few"},
+    {"index": 2, "name": "two", "prompt_name": "two", "train_count": 2, "bucket": "few"},
+]
+MANIFEST = pd.DataFrame(
+    {"image": [f"images/{i}.png" for i in range(6)], "label": [0, 1, 1, 1, 2, 2], "split": ["train"] * 6}
+)
+
+
+def plan(method="img2img_high", spec=None, per_class=4, **kw):
+    spec = spec or {"mode": "img2img", "r": 0.7}
+    args = dict(
+        per_class=per_class,
+        buckets=["few"],
+        prompt_template="a photo of a {name}",
+        steps=10,
+        cfg=5.0,
+        scheduler="dpm_solver",
+        seed=0,
+    )
+    args.update(kw)
+    return plan_generated(method, spec, CLASSES, MANIFEST, **args)
+
+
+def test_plan_gives_equal_counts_from_same_class_sources():
+    rows = plan()
+    assert len(rows) == 8
+    assert [r["target"] for r in rows].count(1) == 4
+    for r in rows:
+        src_label = MANIFEST.set_index("image").loc[r["source_image"], "label"]
+        assert src_label == r["target"] == r["label"] and r["r"] == 0.7
+    assert rows[0]["prompt"] == "a photo of a one"
+    assert len({r["seed"] for r in rows}) == len(rows)
+    # a row's seed depends on its identity, not on what else is planned
+    assert plan(per_class=6)[0]["seed"] == rows[0]["seed"]
+
+
+def test_txt2img_plan_has_no_source():
+    rows = plan("txt2img", {"mode": "txt2img"})
+    assert all(r["source_image"] == "" and r["r"] == 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("r", [0, -0.1, 1.5, "high"])
+def test_r_outside_unit_interval_is_refused(r):
+    with pytest.raises(TailsynthError, match=r"synth.img2img_high.r must be a number in \(0, 1\]"):
+        plan(spec={"mode": "img2img", "r": r})
+
+
+def test_unknown_bucket_or_template_field_is_refused():
+    with pytest.raises(TailsynthError, match="synth.buckets"):
+        plan(buckets=["rare"])
+    with pytest.raises(TailsynthError, match="generator.prompt"):
+        plan(prompt_template="a photo of a {label}")
+
+
+def test_row_key_changes_with_r_and_generator():
+    row = plan()[0]
+    assert row_key(row, "g1") != row_key({**row, "r": 0.6}, "g1")
+    assert row_key(row, "g1") != row_key(row, "g2")
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    cfg = gen.SmallLDMConfig(
+        image_size=16,
+        vae_channels=(8, 16),
+        vae_norm_groups=4,
+        unet_channels=(16, 32),
+        unet_norm_groups=4,
+        attention_head_dim=2,
+        text_hidden=16,
+        text_layers=1,
+    )
+    comp = gen.build_small_ldm(["a photo of a one", "a photo of a two"], cfg, seed=0)
+    return LatentDiffusionSampler(gen.assemble_pipeline(comp), "dpm_solver")
+
+
+def test_outputs_do_not_depend_on_batch_composition(sampler):
+    prompts = ["a photo of a one", "a photo of a two", "a photo of a one"]
+    seeds = [11, 22, 33]
+    together = sampler.generate(prompts, seeds, steps=4, cfg=3.0)
+    alone = torch.cat([sampler.generate([p], [s], steps=4, cfg=3.0) for p, s in zip(prompts, seeds, strict=True)])
+    assert together.shape == (3, 1, 16, 16)
+    assert torch.allclose(together, alone, atol=2e-3)
+    src = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    together = sampler.generate(prompts, seeds, steps=4, cfg=3.0, sources=src, r=0.5)
+    alone = torch.cat(
+        [
+            sampler.generate([p], [s], steps=4, cfg=3.0, sources=src[i : i + 1], r=0.5)
+            for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))
+        ]
+    )
+    assert torch.allclose(together, alone, atol=2e-3)
+    assert not torch.allclose(together[0], together[2], atol=1e-2)  # different seeds differ
+
+
+def test_runner_resumes_and_replaces_only_missing_or_broken_rows(tmp_path):
+    table = finalize_rows(plan("txt2img", {"mode": "txt2img"}), "gen")
+    calls = []
+
+    def fake_generate(batch, sources):
+        calls.append(len(batch))
+        return torch.stack([torch.full((1, 8, 8), (s % 255) / 255) for s in batch["seed"]])
+
+    run_plan(table, tmp_path, fake_generate, lambda b: None, image_size=8, channels=1, batch_size=3)
+    assert sum(calls) == 8 and max(calls) <= 3
+    assert len(read_plan(tmp_path)) == 8
+    (tmp_path / table["image"][0]).unlink()
+    (tmp_path / table["image"][5]).write_bytes(b"truncated")
+    assert len(pending_rows(table, tmp_path, 8)) == 2
+    calls.clear()
+    run_plan(table, tmp_path, fake_generate, lambda b: None, image_size=8, channels=1, batch_size=3)
+    assert calls == [2]
+    stale = tmp_path / "images" / "0001" / "999999-oldkey.png"
+    stale.write_bytes(b"x")
+    manifest = finish(table, tmp_path, 8)
+    assert not stale.exists()
+    assert len(manifest) == 8 and (tmp_path / "manifest.csv").is_file()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_runner_shards_cover_every_row_once(tmp_path):
+    table = finalize_rows(plan("txt2img", {"mode": "txt2img"}), "gen")
+    seen = []
+
+    def fake_generate(batch, sources):
+        seen.extend(batch["row"])
+        return torch.zeros(len(batch), 1, 8, 8)
+
+    for rank in range(3):
+        run_plan(
+            table,
+            tmp_path,
+            fake_generate,
+            lambda b: None,
+            image_size=8,
+            channels=1,
+            batch_size=2,
+            process_index=rank,
+            num_processes=3,
+        )
+    assert sorted(seen) == list(range(8))
+    finish(table, tmp_path, 8)
+
+
+def test_finish_refuses_incomplete_sets(tmp_path):
+    table = finalize_rows(plan("txt2img", {"mode": "txt2img"}), "gen")
+    with pytest.raises(RuntimeError, match="missing"):
+        finish(table, tmp_path, 8)
+    assert not (tmp_path / "manifest.csv").exists()
