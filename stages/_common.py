@@ -62,27 +62,3 @@ def require(section: dict, key: str, where: str):
     if section.get(key) in (None, ""):
         raise TailsynthError(f"param {where}.{key} is required; set it in params.yaml")
     return section[key]
-
-
-def fit_from_params(
-    section: dict, images, labels, num_classes: int, *, seed: int, transform=None, batch_transform=None
-):
-    """Build and train a classifier as a params section (classifier, oracle, retrain) describes it."""
-    from tailsynth.models.classifier import build_classifier, load_pretrained_backbone
-    from tailsynth.train.fit import FitConfig, fit_classifier
-
-    model = build_classifier(
-        section["arch"], num_classes, images.shape[1], images.shape[-1], width=section.get("width", 32), seed=seed
-    )
-    if section.get("weights"):
-        load_pretrained_backbone(model, section["weights"])
-    config = FitConfig(
-        steps=section["steps"],
-        batch_size=section["batch_size"],
-        lr=section["lr"],
-        balanced=section.get("balanced", True),
-        num_workers=section.get("num_workers", 0),
-    )
-    return fit_classifier(
-        model, images, labels, config, seed=seed, transform=transform, batch_transform=batch_transform, device=device()
-    )

@@ -13,7 +13,8 @@ from tailsynth.methods.augment import training_augmentation
 from tailsynth.metrics.accuracy import bucket_accuracy
 from tailsynth.models.classifier import predict, save_classifier
 
-from _common import fit_from_params, load_params, log, prepared_dir, stage
+from _common import load_params, log, prepared_dir, stage
+from _fit import fit_from_params
 
 OUT = "models/classifier"
 

@@ -12,8 +12,7 @@ from tailsynth.io import write_json
 from tailsynth.metrics.accuracy import bucket_accuracy, mean_std, per_class_accuracy
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
 from tailsynth.models.classifier import load_classifier, predict
-from tailsynth.synth.plan import MANIFEST
-from tailsynth.synth.runner import read_synthetic
+from tailsynth.synth.plan import MANIFEST, read_synthetic
 
 from _common import device, load_params, log, prepared_dir, stage
 
@@ -21,7 +20,6 @@ from _common import device, load_params, log, prepared_dir, stage
 @stage
 def main(method: str) -> None:
     params = load_params()
-    p = params["eval"]
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
@@ -40,18 +38,21 @@ def main(method: str) -> None:
     result = {
         "acc": {k: v["mean"] for k, v in stats.items()},
         "acc_std": {k: v["std"] for k, v in stats.items()},
-        "per_class_acc": {c["name"]: float(a) for c, a in zip(classes, np.nanmean(per_class, axis=0), strict=True)},
+        # A class without test images has no accuracy: it is left out, not written as NaN.
+        "per_class_acc": {
+            c["name"]: float(a) for c, a in zip(classes, np.mean(per_class, axis=0), strict=True) if not np.isnan(a)
+        },
         "n_seeds": len(runs),
         "n_synthetic": 0,
     }
     synthetic = Path("data/synthetic") / method
     if (synthetic / MANIFEST).is_file():
-        result.update(synthetic_quality(synthetic, classes, test_x, test_y, channels, p))
+        result.update(synthetic_quality(synthetic, test_x, test_y, channels))
     log.info("evaluate %s: %s", method, {k: round(v, 4) for k, v in result["acc"].items()})
     write_json(Path("metrics/evaluate") / f"{method}.json", result)
 
 
-def synthetic_quality(synthetic, classes, test_x, test_y, channels, p) -> dict:
+def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tensor, channels: int) -> dict:
     """oracle_acc (label consistency), fd_oracle and, with the Inception weights, Inception FID."""
     rows = read_synthetic(synthetic)
     if len(rows) == 0:
@@ -64,6 +65,11 @@ def synthetic_quality(synthetic, classes, test_x, test_y, channels, p) -> dict:
     # Compare with real test images of the same classes only: the synthetic set covers a few classes.
     same = torch.isin(test_y, labels.unique())
     real = test_x[same]
+    if len(real) < 2 or len(images) < 2:
+        log.info(
+            "fd_oracle and fid skipped: %d synthetic and %d real test images (need 2 each)", len(images), len(real)
+        )
+        return out
     _, real_feats = predict(oracle, real)
     out["fd_oracle"] = frechet_distance(feats.numpy(), real_feats.numpy())
     path, reason = inception_weights_path()

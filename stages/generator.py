@@ -2,15 +2,13 @@
 
 import time
 
-import torch
-
 from tailsynth.data.manifest import image_shape, load_split, read_classes
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.models import generator as gen
 from tailsynth.synth.plan import prompt_for
 
-from _common import load_params, log, prepared_dir, require, stage
+from _common import device, load_params, log, prepared_dir, require, stage
 
 OUT = "models/generator"
 
@@ -31,7 +29,6 @@ def main() -> None:
     folder = prepared_dir(params)
     classes = read_classes(folder)
     prompts = [prompt_for(p["prompt"], c) for c in classes]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     images, labels = load_split(folder, p["train_split"], channels=image_shape(folder)[0])
     if len(images) == 0:
         raise TailsynthError(f"generator.train_split {p['train_split']!r} selects no images in {folder}")
@@ -52,6 +49,7 @@ def main() -> None:
         lr=v["lr"],
         kl_weight=v["kl_weight"],
         seed=p["seed"],
+        device=device(),
         callback=every(50, "vae"),
     )
     t_vae = time.time() - t0
@@ -70,6 +68,7 @@ def main() -> None:
         uncond_prob=u["uncond_prob"],
         ema_decay=u["ema_decay"],
         seed=p["seed"],
+        device=device(),
         callback=every(100, "unet"),
     )
     info = {
@@ -85,7 +84,7 @@ def main() -> None:
     }
     log.info("generator trained: %s", info)
     with atomic_dir(OUT) as tmp:
-        gen.assemble_pipeline(components).save_pretrained(tmp, safe_serialization=True)
+        gen.assemble_pipeline(components).to("cpu").save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "tailsynth.json", info)
 
 

@@ -6,7 +6,8 @@ from tailsynth.io import atomic_dir, write_json
 from tailsynth.methods.augment import weak_transform
 from tailsynth.models.classifier import load_classifier, predict, save_classifier
 
-from _common import fit_from_params, load_params, log, prepared_dir, require, stage
+from _common import load_params, log, prepared_dir, require, stage
+from _fit import fit_from_params
 
 OUT = "models/oracle"
 
@@ -23,8 +24,10 @@ def main() -> None:
         model = fit_from_params(p, images, labels, len(classes), seed=p["seed"], transform=weak_transform())
     elif p["source"] == "path":
         model = load_classifier(require(p, "model", "oracle"))
-        if model.config["num_classes"] != len(classes):
-            raise TailsynthError(f"oracle.model has {model.config['num_classes']} classes, the dataset {len(classes)}")
+        want = {"num_classes": len(classes), "in_channels": channels}
+        got = {k: model.config[k] for k in want}
+        if got != want:
+            raise TailsynthError(f"oracle.model {p['model']} expects {got}, the prepared dataset has {want}")
     else:
         raise TailsynthError(f"unknown oracle.source {p['source']!r}; use train or path")
     test_x, test_y = load_split(folder, "test", channels)

@@ -13,6 +13,10 @@ from _common import load_params, log, prepared_dir, progress_bar, require, stage
 def main() -> None:
     p = load_params()["data"]
     kind = p["dataset"]
+    if p["channels"] not in (1, 3):
+        raise TailsynthError(f"data.channels must be 1 or 3, got {p['channels']!r}")
+    if not isinstance(p["size"], int) or p["size"] < 8:
+        raise TailsynthError(f"data.size must be an integer >= 8, got {p['size']!r}")
     if kind == "digits":
         d = load_digits_split(
             size=p["size"],

@@ -9,8 +9,7 @@ from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, read_json, write_json
 from tailsynth.report.grid import save_class_grid
 from tailsynth.report.summary import bucket_table, per_class_table, summary_markdown, summary_rows
-from tailsynth.synth.plan import MANIFEST
-from tailsynth.synth.runner import read_synthetic
+from tailsynth.synth.plan import MANIFEST, read_synthetic
 
 from _common import load_params, log, prepared_dir, stage
 
@@ -42,6 +41,10 @@ def main() -> None:
     plots = Path("metrics/plots")
     atomic_write_text(plots / "per_class.csv", per_class_table(results, classes).to_csv(index=False))
     atomic_write_text(plots / "by_bucket.csv", bucket_table(results).to_csv(index=False))
+    samples = plots / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for old in samples.glob("*.png"):
+        old.unlink()  # grids of methods no longer compared
     for method in results:
         synthetic = Path("data/synthetic") / method
         if (synthetic / MANIFEST).is_file():
@@ -50,7 +53,7 @@ def main() -> None:
                 picked = rows_s.groupby("label", sort=True).head(8)
                 images = load_rows(synthetic, picked, channels).float() / 255
                 labels = torch.tensor(picked["label"].tolist())
-                save_class_grid(images, labels, plots / "samples" / f"{method}.png")
+                save_class_grid(images, labels, samples / f"{method}.png")
     log.info("\n%s", text)
 
 

@@ -10,9 +10,10 @@ from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir
 from tailsynth.methods.augment import AUGMENT_METHODS, training_augmentation
 from tailsynth.models.classifier import save_classifier
-from tailsynth.synth.runner import read_synthetic
+from tailsynth.synth.plan import read_synthetic
 
-from _common import fit_from_params, load_params, log, prepared_dir, stage
+from _common import load_params, log, prepared_dir, stage
+from _fit import fit_from_params
 
 
 @stage
@@ -29,20 +30,27 @@ def main(method: str) -> None:
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
     images, labels = load_split(folder, "train", channels)
+    n_real = len(labels)
     if method in AUGMENT_METHODS:
         transform, batch_transform = training_augmentation(method, len(classes), params.get("augment", {}).get(method))
     else:
         rows = read_synthetic(synthetic)
         images = torch.cat([images, load_rows(synthetic, rows, channels)])
         labels = torch.cat([labels, torch.tensor(rows["label"].tolist(), dtype=torch.int64)])
-        transform, batch_transform = None, None
-        log.info("retrain %s: %d real + %d synthetic images", method, len(labels) - len(rows), len(rows))
+        # Same per-image augmentation as the baselines, so the comparison isolates the synthetic data.
+        transform, batch_transform = training_augmentation(p["augment_generated"], len(classes))
+    n_synthetic = len(labels) - n_real
+    log.info("retrain %s: %d real + %d synthetic images", method, n_real, n_synthetic)
     with atomic_dir(Path("models/retrain") / method) as tmp:
         for seed in range(params["eval"]["seeds"]):
             model = fit_from_params(
                 p, images, labels, len(classes), seed=seed, transform=transform, batch_transform=batch_transform
             )
-            save_classifier(model, tmp / f"seed{seed}", extra={"method": method, "seed": seed})
+            save_classifier(
+                model,
+                tmp / f"seed{seed}",
+                extra={"method": method, "seed": seed, "n_real": n_real, "n_synthetic": n_synthetic},
+            )
 
 
 if __name__ == "__main__":

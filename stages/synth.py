@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest
+from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, resolve_inside
 from tailsynth.errors import TailsynthError
+from tailsynth.io import file_digest, folder_digest
 from tailsynth.methods.generated import check_spec, plan_generated
-from tailsynth.models.generator import generator_fingerprint, load_pipeline
+from tailsynth.models.generator import load_pipeline
 from tailsynth.synth.plan import finalize_rows
 from tailsynth.synth.runner import finish, run_plan
 from tailsynth.synth.sampler import LatentDiffusionSampler
@@ -30,10 +31,12 @@ def main(method: str) -> None:
     p = params["synth"]
     if not isinstance(p.get(method), dict):
         raise TailsynthError(f"unknown generated method {method!r}: params.yaml has no synth.{method} section")
-    check_spec(method, p[method])
+    check_spec(method, p[method], p["steps"])
     folder = prepared_dir(params)
     classes, manifest = read_classes(folder), read_manifest(folder)
     channels, size = image_shape(folder)
+    train = manifest.loc[manifest["split"] == "train", "image"]
+    source_hashes = {rel: file_digest(resolve_inside(folder, rel), 12) for rel in train}
     rows = plan_generated(
         method,
         p[method],
@@ -46,12 +49,13 @@ def main(method: str) -> None:
         cfg=p["cfg"],
         scheduler=p["scheduler"],
         seed=p["seed"],
+        source_hashes=source_hashes,
     )
-    plan = finalize_rows(rows, generator_fingerprint(GENERATOR))
-    out = Path("data/synthetic") / method
     state = PartialState()
     dev = device() if state.device.type == "cpu" else state.device
     dtype = torch.float16 if str(dev).startswith("cuda") else torch.float32
+    plan = finalize_rows(rows, f"{folder_digest(GENERATOR)}-{dtype}")
+    out = Path("data/synthetic") / method
     sampler = LatentDiffusionSampler(load_pipeline(GENERATOR, device=dev, dtype=dtype), p["scheduler"])
 
     def load_sources(batch):

@@ -136,3 +136,19 @@ def test_csv_adapter_and_path_safety(tmp_path, rgb_image_file):
         scan_csv(tmp_path / "evil.csv")
     with pytest.raises(TailsynthError, match="outside"):
         resolve_inside(tmp_path, "/etc/passwd")
+
+
+def test_csv_adapter_rejects_empty_cells_and_empty_files(tmp_path, rgb_image_file):
+    rgb_image_file(tmp_path / "a.png")
+    (tmp_path / "empty.csv").write_text("image,label,split\n")
+    with pytest.raises(TailsynthError, match="no rows"):
+        scan_csv(tmp_path / "empty.csv")
+    (tmp_path / "blank.csv").write_text("image,label,split\na.png,,train\n")
+    with pytest.raises(TailsynthError, match="row 2 has an empty 'label'"):
+        scan_csv(tmp_path / "blank.csv")
+    # "NA" and "None" are class names, not missing values; numeric labels keep numeric order
+    (tmp_path / "names.csv").write_text("image,label,split\na.png,NA,train\na.png,None,test\n")
+    assert scan_csv(tmp_path / "names.csv")[1] == ["NA", "None"]
+    (tmp_path / "ints.csv").write_text("image,label,split\na.png,10,train\na.png,9,train\na.png,09,test\n")
+    records, names = scan_csv(tmp_path / "ints.csv")
+    assert names == ["9", "10"] and [r.label for r in records] == [1, 0, 0]

@@ -73,12 +73,29 @@ def test_load_pipeline_error_names_the_model(tmp_path):
         gen.load_pipeline(str(tmp_path / "no/such/model"))
 
 
-def test_fingerprint_changes_with_weights(trained_pipeline_dir, tmp_path):
+def test_folder_digest_sees_a_change_inside_the_weights(trained_pipeline_dir, tmp_path):
     import shutil
+
+    from tailsynth.io import folder_digest
 
     copy = tmp_path / "copy"
     shutil.copytree(trained_pipeline_dir, copy)
-    assert gen.generator_fingerprint(copy) == gen.generator_fingerprint(trained_pipeline_dir)
-    cfg = copy / "scheduler" / "scheduler_config.json"
-    cfg.write_text(cfg.read_text().replace("0.012", "0.013"))
-    assert gen.generator_fingerprint(copy) != gen.generator_fingerprint(trained_pipeline_dir)
+    assert folder_digest(copy) == folder_digest(trained_pipeline_dir)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte in the middle of a large file
+    weights.write_bytes(bytes(data))
+    assert folder_digest(copy) != folder_digest(trained_pipeline_dir)
+
+
+def test_long_class_names_widen_the_text_encoder():
+    prompts = ["a photo of a great crested grebe in the reeds", "a photo of a one"]
+    comp = gen.build_small_ldm(prompts, TINY, seed=0)
+    ids = comp["tokenizer"](prompts[0]).input_ids
+    assert comp["tokenizer"].unk_token_id not in ids
+    assert comp["text_encoder"].config.max_position_embeddings >= len(ids)
+
+
+def test_image_size_must_fit_the_vae():
+    with pytest.raises(TailsynthError, match="data.size must be a multiple of 2"):
+        gen.build_small_ldm(PROMPTS, gen.SmallLDMConfig(image_size=15, vae_channels=(8, 16), vae_norm_groups=4), seed=0)

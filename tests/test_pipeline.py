@@ -48,7 +48,11 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
     assert (project / "models/generator/model_index.json").is_file()
     assert (project / "models/classifier/confusion_train.csv").is_file()
     for m in METHODS:
-        assert len(list((project / "models/retrain" / m).glob("seed*/model.safetensors"))) == 2
+        runs = sorted((project / "models/retrain" / m).glob("seed*"))
+        assert [r.name for r in runs] == ["seed0", "seed1"]
+        config = json.loads((runs[0] / "config.json").read_text())
+        assert config["n_real"] == 372  # the long-tailed train split
+        assert config["n_synthetic"] == (12 if m in GENERATED else 0)
     for name in (
         "summary.json",
         "summary.md",
@@ -86,6 +90,9 @@ def test_metrics_are_in_range(project):
         assert "fid" not in row  # no Inception weights in this environment
         if m in GENERATED:
             assert row["n_synthetic"] == 12 and 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
+    for m in METHODS:
+        ev = json.loads((project / "metrics/evaluate" / f"{m}.json").read_text())
+        assert ev["n_seeds"] == 2 and len(ev["per_class_acc"]) == 10 and set(ev["acc_std"]) == set(ev["acc"])
     gen = json.loads((project / "metrics/generator.json").read_text())
     assert 0 <= gen["oracle_acc"] <= 1 and len(gen["oracle_acc_per_class"]) == 10
     assert "| img2img_high |" in (project / "metrics/summary.md").read_text()

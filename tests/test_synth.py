@@ -58,6 +58,25 @@ def test_r_outside_unit_interval_is_refused(r):
         plan(spec={"mode": "img2img", "r": r})
 
 
+def test_r_too_small_for_the_step_count_is_refused():
+    with pytest.raises(TailsynthError, match="no denoising step"):
+        plan(spec={"mode": "img2img", "r": 0.05}, steps=10)
+
+
+def test_buckets_selecting_no_class_are_refused():
+    with pytest.raises(TailsynthError, match="selects no class"):
+        plan(buckets=["medium"])
+
+
+def test_source_content_enters_the_row_key():
+    a = finalize_rows(plan(source_hashes={"images/1.png": "aaa"}), "g")
+    b = finalize_rows(plan(source_hashes={"images/1.png": "bbb"}), "g")
+    changed = a["source_image"] == "images/1.png"
+    assert changed.any()
+    assert (a.loc[changed, "key"] != b.loc[changed, "key"]).all()
+    assert (a.loc[~changed, "key"] == b.loc[~changed, "key"]).all()
+
+
 def test_unknown_bucket_or_template_field_is_refused():
     with pytest.raises(TailsynthError, match="synth.buckets"):
         plan(buckets=["rare"])
@@ -133,17 +152,20 @@ def test_runner_resumes_and_replaces_only_missing_or_broken_rows(tmp_path):
 
 def test_runner_shards_cover_every_row_once(tmp_path):
     table = finalize_rows(plan("txt2img", {"mode": "txt2img"}), "gen")
-    seen = []
+    seen = {}
 
-    def fake_generate(batch, sources):
-        seen.extend(batch["row"])
-        return torch.zeros(len(batch), 1, 8, 8)
+    def generator_for(rank):
+        def fake_generate(batch, sources):
+            seen.setdefault(rank, []).extend(batch["row"])
+            return torch.zeros(len(batch), 1, 8, 8)
 
-    for rank in range(3):
+        return fake_generate
+
+    for rank in range(3):  # each process in its own folder: nothing is skipped because another did it
         run_plan(
             table,
-            tmp_path,
-            fake_generate,
+            tmp_path / str(rank),
+            generator_for(rank),
             lambda b: None,
             image_size=8,
             channels=1,
@@ -151,8 +173,8 @@ def test_runner_shards_cover_every_row_once(tmp_path):
             process_index=rank,
             num_processes=3,
         )
-    assert sorted(seen) == list(range(8))
-    finish(table, tmp_path, 8)
+    assert all(seen.get(rank) for rank in range(3))
+    assert sorted(r for rows in seen.values() for r in rows) == list(range(8))
 
 
 def test_finish_refuses_incomplete_sets(tmp_path):

@@ -79,3 +79,19 @@ def test_fit_learns_is_deterministic_and_round_trips(tmp_path):
 def test_load_classifier_error_names_folder(tmp_path):
     with pytest.raises(TailsynthError, match="not a classifier folder"):
         load_classifier(tmp_path)
+
+
+def test_rgb_backbone_weights_load_into_a_grayscale_resnet(tmp_path):
+    from safetensors.torch import save_file
+
+    from tailsynth.models.classifier import load_pretrained_backbone
+
+    rgb = build_classifier("resnet18", 5, 3, 32)
+    state = {k: v.contiguous() for k, v in rgb.net.backbone.state_dict().items()}
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    gray = build_classifier("resnet18", 5, 1, 32)
+    load_pretrained_backbone(gray, tmp_path / "r18.safetensors")
+    assert torch.allclose(gray.net.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(gray.net.backbone.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    with pytest.raises(TailsynthError, match="does not match arch 'resnet34'"):
+        load_pretrained_backbone(build_classifier("resnet34", 5, 3, 32), tmp_path / "r18.safetensors")

@@ -20,24 +20,31 @@ def scan_csv(csv_path: str | Path, root: str | Path | None = None) -> tuple[list
     if not csv_path.is_file():
         raise TailsynthError(f"data.csv: file {csv_path} not found; set data.csv to the manifest path")
     root = Path(root) if root else csv_path.parent
-    df = pd.read_csv(csv_path, dtype=str)
+    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     missing = {"image", "label", "split"} - set(df.columns)
     if missing:
         raise TailsynthError(f"data.csv: {csv_path} lacks columns {sorted(missing)} (needs image,label,split)")
+    if df.empty:
+        raise TailsynthError(f"data.csv: {csv_path} has no rows")
+    df = df.apply(lambda col: col.str.strip())
+    for col in ("image", "label", "split"):
+        empty = df.index[df[col] == ""]
+        if len(empty):
+            raise TailsynthError(f"data.csv: {csv_path} row {empty[0] + 2} has an empty {col!r}")
     bad = sorted(set(df["split"]) - {"train", "val", "test"})
     if bad:
         raise TailsynthError(f"data.csv: {csv_path} has unknown split values {bad}; use train, val or test")
-    labels = df["label"].str.strip()
+    labels = df["label"]
     if labels.str.fullmatch(r"\d+").all():
+        labels = labels.astype(int).astype(str)  # "07" and "7" are one class, in numeric order
         names = [str(v) for v in sorted(set(labels.astype(int)))]
     else:
         names = sorted(set(labels))
     index = {n: i for i, n in enumerate(names)}
     records = []
-    for i, row in enumerate(df.itertuples(index=False)):
-        path = resolve_inside(root, row.image)
+    for i, (image, label, split) in enumerate(zip(df["image"], labels, df["split"], strict=True)):
+        path = resolve_inside(root, image)
         if not path.is_file():
             raise TailsynthError(f"data.csv: image {path} (row {i + 2} of {csv_path}) not found")
-        label = index[str(int(row.label)) if str(row.label).strip().isdigit() else row.label.strip()]
-        records.append(Record(key=f"{i:07d}", image=path, label=label, split=row.split, in_pool=row.split != "test"))
+        records.append(Record(key=f"{i:07d}", image=path, label=index[label], split=split, in_pool=split != "test"))
     return records, names

@@ -17,15 +17,17 @@ from tailsynth.synth.plan import prompt_for
 MODES = ("txt2img", "img2img")
 
 
-def check_spec(method: str, spec: dict) -> None:
-    """Raise a clear error for an unknown mode or an r outside (0, 1]."""
+def check_spec(method: str, spec: dict, steps: int | None = None) -> None:
+    """Raise a clear error for an unknown mode, an r outside (0, 1], or an r too small for ``steps``."""
     mode = spec.get("mode")
     if mode not in MODES:
         raise TailsynthError(f"synth.{method}.mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "img2img":
         r = spec.get("r")
-        if not isinstance(r, (int, float)) or not 0 < r <= 1:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
             raise TailsynthError(f"synth.{method}.r must be a number in (0, 1], got {r!r}")
+        if steps is not None and int(r * steps) < 1:
+            raise TailsynthError(f"synth.{method}.r = {r} gives no denoising step with synth.steps = {steps}")
 
 
 def target_classes(classes: list[dict], buckets: list[str]) -> list[dict]:
@@ -49,18 +51,24 @@ def plan_generated(
     cfg: float,
     scheduler: str,
     seed: int,
+    source_hashes: dict[str, str] | None = None,
 ) -> list[dict]:
     """Rows for ``per_class`` images of each target class.
 
     img2img sources are the target's own train images (``manifest`` rows), cycled in a seeded
-    order. Seeds derive from (``seed``, method, target, index within target).
+    order; ``source_hashes`` maps a source path to a digest of its content (it enters the row
+    key, so a changed dataset never reuses an image). Seeds derive from (``seed``, method,
+    target, index within target).
     """
-    check_spec(method, spec)
+    check_spec(method, spec, steps)
     if per_class < 1:
         raise TailsynthError(f"synth.per_class must be >= 1, got {per_class}")
+    targets = target_classes(classes, buckets)
+    if not targets:
+        raise TailsynthError(f"synth.buckets {buckets} selects no class; no class has that shot bucket")
     rows = []
     train = manifest[manifest["split"] == "train"]
-    for c in target_classes(classes, buckets):
+    for c in targets:
         k = c["index"]
         sources = train.loc[train["label"] == k, "image"].tolist()
         if spec["mode"] == "img2img" and not sources:
@@ -82,6 +90,8 @@ def plan_generated(
                 "prompt": prompt_for(prompt_template, c),
             }
             if spec["mode"] == "img2img":
-                row.update(source_image=sources[order[j % len(sources)]], source_label=k, r=float(spec["r"]))
+                src = sources[order[j % len(sources)]]
+                row.update(source_image=src, source_label=k, r=float(spec["r"]))
+                row["source_hash"] = (source_hashes or {}).get(src, "")
             rows.append(row)
     return rows

@@ -7,7 +7,6 @@ metric is absent and :func:`inception_weights_path` explains why.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
 
 def inception_weights_path() -> tuple[Path | None, str]:
     """(path, reason): the pytorch-fid Inception weights if present, else None and why."""
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    path = torch_home / "hub" / "checkpoints" / INCEPTION_FILE
+    # Where torch.hub (and so pytorch-fid) looks: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub.
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if path.is_file():
         return path, ""
     return None, f"Inception FID skipped: {path} not found (download pytorch-fid's {INCEPTION_FILE} there)"

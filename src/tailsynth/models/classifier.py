@@ -139,10 +139,21 @@ def load_pretrained_backbone(model: Classifier, path: str | Path) -> None:
         raise TailsynthError(f"classifier.weights: file {path} not found; give a safetensors or .pth file")
     state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     target = model.net.backbone if isinstance(model.net, TorchvisionNet) else model.net
+    own = target.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    first = "conv1.weight"
+    if first in state and first in own and state[first].shape[1] != own[first].shape[1] and own[first].shape[1] == 1:
+        # Grayscale input: an RGB stem summed over its colour channels sees the same image.
+        state[first] = state[first].sum(dim=1, keepdim=True)
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise TailsynthError(f"classifier.weights: {path} has shapes that do not fit the model at {mismatched[:3]}")
     missing, unexpected = target.load_state_dict(state, strict=False)
-    if unexpected or len(missing) == len(list(target.state_dict())):
-        raise TailsynthError(f"classifier.weights: {path} does not match arch {model.config['arch']!r}")
+    if unexpected or missing:
+        raise TailsynthError(
+            f"classifier.weights: {path} does not match arch {model.config['arch']!r} "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
 
 
 def save_classifier(model: Classifier, folder: str | Path, extra: dict | None = None) -> None:

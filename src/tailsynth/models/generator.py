@@ -7,7 +7,6 @@ img2img, GeNIe) uses the stock pipelines on either.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from tailsynth.errors import TailsynthError
-from tailsynth.models.tokenizer import build_prompt_tokenizer
+from tailsynth.models.tokenizer import build_prompt_tokenizer, prompt_length
 
 Callback = Callable[[int, float], None]
 
@@ -36,7 +35,7 @@ class SmallLDMConfig:
     attention_head_dim: int = 4
     text_hidden: int = 64
     text_layers: int = 2
-    max_length: int = 8
+    max_length: int = 8  # raised to fit the longest prompt
 
 
 def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 0) -> dict:
@@ -46,6 +45,10 @@ def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 
     """
     torch.manual_seed(seed)
     n_down = len(config.vae_channels)
+    factor = 2 ** (n_down - 1)
+    if config.image_size % factor:
+        raise TailsynthError(f"data.size must be a multiple of {factor} for the embedded generator, got {config.image_size}")
+    max_length = max(config.max_length, max(prompt_length(p) for p in [*prompts, ""]))
     vae = AutoencoderKL(
         in_channels=config.channels,
         out_channels=config.channels,
@@ -57,7 +60,7 @@ def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 
         norm_num_groups=config.vae_norm_groups,
         sample_size=config.image_size,
     )
-    tokenizer = build_prompt_tokenizer([*prompts, ""], max_length=config.max_length)
+    tokenizer = build_prompt_tokenizer([*prompts, ""], max_length=max_length)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -66,7 +69,7 @@ def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 
             projection_dim=config.text_hidden,
             num_hidden_layers=config.text_layers,
             num_attention_heads=max(1, config.text_hidden // 16),
-            max_position_embeddings=config.max_length,
+            max_position_embeddings=max_length,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -74,7 +77,7 @@ def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 
     )
     n_unet = len(config.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=config.image_size // 2 ** (n_down - 1),
+        sample_size=config.image_size // factor,
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * n_unet,
@@ -128,19 +131,23 @@ def train_vae(
     lr: float = 1e-3,
     kl_weight: float = 1e-4,
     seed: int = 0,
+    device: str | torch.device = "cpu",
     callback: Callback | None = None,
 ) -> float:
-    """Train ``vae`` in place on ``images`` (N, C, H, W) in [0, 1]; return the last reconstruction MSE."""
+    """Train ``vae`` in place on ``images`` (N, C, H, W) in [0, 1]; return the last reconstruction MSE.
+
+    Random draws come from a CPU generator, so a run repeats on any device.
+    """
     gen = torch.Generator().manual_seed(seed)
-    vae.train()
+    vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(100, steps // 10)))
     x_all = images * 2 - 1
     mse = float("nan")
     for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
-        x = x_all[idx]
+        x = x_all[idx].to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
         recon = vae.decode(z).sample
         rec_loss = F.mse_loss(recon, x)
         loss = rec_loss + kl_weight * posterior.kl().mean() / x[0].numel()
@@ -158,13 +165,14 @@ def train_vae(
 
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of ``images`` (N, C, H, W) in [0, 1], both (N, c, h, w), unscaled."""
+    """Posterior mean and std of ``images`` (N, C, H, W) in [0, 1], both (N, c, h, w), unscaled, on the CPU."""
     vae.eval()
+    device = next(vae.parameters()).device
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        post = vae.encode(images[start : start + batch_size] * 2 - 1).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode((images[start : start + batch_size] * 2 - 1).to(device)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -189,6 +197,7 @@ def train_denoiser(
     ema_decay: float = 0.999,
     train_text_encoder: bool = True,
     seed: int = 0,
+    device: str | torch.device = "cpu",
     callback: Callback | None = None,
 ) -> float:
     """Train the UNet (and the text encoder) with the epsilon objective; load their EMA weights at the end.
@@ -207,6 +216,8 @@ def train_denoiser(
     gen = torch.Generator().manual_seed(seed)
     ids = _token_ids(tokenizer, list(prompts))
     empty_ids = _token_ids(tokenizer, [""])
+    unet.to(device)
+    text_encoder.to(device)
     modules = [unet] + ([text_encoder] if train_text_encoder else [])
     params = [p for m in modules for p in m.parameters()]
     ema = [copy.deepcopy(m).requires_grad_(False) for m in modules]
@@ -224,6 +235,7 @@ def train_denoiser(
         batch_ids = ids[idx].clone()
         drop = torch.rand(len(idx), generator=gen) < uncond_prob
         batch_ids[drop] = empty_ids
+        z0, noise, t, batch_ids = z0.to(device), noise.to(device), t.to(device), batch_ids.to(device)
         with torch.set_grad_enabled(train_text_encoder):
             cond = text_encoder(batch_ids)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
@@ -290,31 +302,3 @@ def pipeline_resolution(pipe: StableDiffusionPipeline) -> int:
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-def cosine_warmup(step: int, warmup: int, total: int) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to 10%."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def generator_fingerprint(folder: "str | Path") -> str:
-    """A cheap identity of a saved pipeline folder: names, sizes and head/tail bytes of every file.
-
-    Part of each synthetic row's key, so images from another generator are never reused.
-    """
-    import hashlib
-    from pathlib import Path
-
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        h.update(f"{path.relative_to(folder)}:{size}".encode())
-        with open(path, "rb") as fh:
-            h.update(fh.read(65536))
-            if size > 65536:
-                fh.seek(max(65536, size - 65536))
-                h.update(fh.read())
-    return h.hexdigest()[:16]

@@ -12,6 +12,12 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def prompt_length(prompt: str) -> int:
+    """Tokens of ``prompt`` including [BOS] and [EOS]."""
+    return len(WORD.findall(prompt)) + 2
 
 
 def build_prompt_tokenizer(prompts: Iterable[str], max_length: int = 8) -> PreTrainedTokenizerFast:
@@ -19,11 +25,11 @@ def build_prompt_tokenizer(prompts: Iterable[str], max_length: int = 8) -> PreTr
 
     Each encoding is ``[BOS] words… [EOS]`` padded with ``[PAD]`` to ``max_length``.
     """
-    words = sorted({w for p in prompts for w in re.findall(r"\w+|[^\w\s]", p.lower())})
+    words = sorted({w for p in prompts for w in WORD.findall(p.lower())})
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for w in words:
         vocab.setdefault(w, len(vocab))
-    longest = max((len(re.findall(r"\w+|[^\w\s]", p)) for p in prompts), default=0) + 2
+    longest = max((prompt_length(p) for p in prompts), default=2)
     if longest > max_length:
         raise ValueError(f"a prompt needs {longest} tokens but max_length is {max_length}")
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))

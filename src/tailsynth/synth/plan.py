@@ -19,7 +19,7 @@ from tailsynth.io import atomic_write_text
 
 PLAN = "plan.csv"
 MANIFEST = "manifest.csv"
-KEY_FIELDS = ("method", "target", "source_image", "r", "steps", "cfg", "seed", "prompt", "scheduler")
+KEY_FIELDS = ("method", "target", "source_image", "source_hash", "r", "steps", "cfg", "seed", "prompt", "scheduler")
 
 
 def row_key(row: dict, generator_id: str) -> str:
@@ -29,7 +29,12 @@ def row_key(row: dict, generator_id: str) -> str:
 
 
 def finalize_rows(rows: list[dict], generator_id: str) -> pd.DataFrame:
-    """Number the rows, hash them and give each its image path; returns the plan table."""
+    """Number the rows, hash them and give each its image path; returns the plan table.
+
+    ``generator_id`` identifies the weights and the numeric precision they run in.
+    """
+    if not rows:
+        raise TailsynthError("the generation plan is empty")
     out = []
     for i, row in enumerate(rows):
         row = {"row": i, **row}
@@ -61,3 +66,11 @@ def prompt_for(template: str, class_info: dict) -> str:
         raise TailsynthError(
             f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}} (and {{superclass}})"
         ) from exc
+
+
+def read_synthetic(folder: str | Path) -> pd.DataFrame:
+    """The finished manifest of a synthetic set (written once every planned image exists)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise TailsynthError(f"{path} not found; run the synth stage for this method first")
+    return pd.read_csv(path, keep_default_na=False)

@@ -94,13 +94,3 @@ def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFr
         raise RuntimeError(f"{len(missing)} planned images are missing in {folder}; re-run to resume")
     atomic_write_text(folder / MANIFEST, plan.to_csv(index=False))
     return plan
-
-
-def read_synthetic(folder: str | Path) -> pd.DataFrame:
-    """The finished manifest of a synthetic set."""
-    from tailsynth.errors import TailsynthError
-
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise TailsynthError(f"{path} not found; run the synth stage for this method first")
-    return pd.read_csv(path, keep_default_na=False)

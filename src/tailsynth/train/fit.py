@@ -31,23 +31,25 @@ class FitConfig:
     num_workers: int = 0
 
 
-class _Augmented(Dataset):
-    """Applies a per-image transform with a generator seeded by (seed, draw index), so runs repeat."""
+class _Draws(Dataset):
+    """Item n is the n-th draw of the sampler, augmented with a generator seeded by (seed, n).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: ImageTransform | None, seed: int):
-        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
-        self.calls = 0
+    Keying the randomness by draw number keeps runs identical whatever the number of workers.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, draws: torch.Tensor, transform, seed: int):
+        self.images, self.labels, self.draws, self.transform, self.seed = images, labels, draws, transform, seed
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.draws)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, n: int):
+        i = int(self.draws[n])
         x = self.images[i]
         if x.dtype == torch.uint8:
             x = x.float() / 255
         if self.transform is not None:
-            self.calls += 1
-            x = self.transform(x, torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls))
+            x = self.transform(x, torch.Generator().manual_seed(self.seed * 1_000_003 + n))
         return x, self.labels[i]
 
 
@@ -82,12 +84,12 @@ def fit_classifier(
         sampler = WeightedRandomSampler(class_balanced_weights(labels, k), n_draws, replacement=True, generator=gen)
     else:
         sampler = torch.utils.data.RandomSampler(labels, replacement=True, num_samples=n_draws, generator=gen)
+    draws = torch.tensor(list(sampler), dtype=torch.int64)
     loader = DataLoader(
-        _Augmented(images, labels, transform, seed),
+        _Draws(images, labels, draws, transform, seed),
         batch_size=config.batch_size,
-        sampler=sampler,
+        shuffle=False,
         num_workers=config.num_workers,
-        drop_last=False,
     )
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

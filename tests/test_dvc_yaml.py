@@ -1,0 +1,72 @@
+"""dvc.yaml declares, for every stage, every code file its script runs (so code changes re-run it)."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def module_file(name: str) -> Path | None:
+    if name in ("_common", "_fit"):
+        return ROOT / "stages" / f"{name}.py"
+    if not name.startswith("tailsynth"):
+        return None
+    base = ROOT / "src" / Path(*name.split("."))
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None  # a package: its __init__ holds only a docstring
+
+
+def imported_files(script: Path) -> set[Path]:
+    """Every project file ``script`` imports, transitively, including imports inside functions."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                f = module_file(name)
+                if f is not None and f not in seen:
+                    seen.add(f)
+                    todo.append(f)
+    return seen
+
+
+def stages():
+    for name, stage in DVC["stages"].items():
+        body = stage.get("do", stage)
+        yield name, body
+
+
+@pytest.mark.parametrize(("name", "body"), list(stages()), ids=[n for n, _ in stages()])
+def test_stage_declares_the_code_it_runs(name, body):
+    script = ROOT / re.search(r"python (stages/\S+\.py)", body["cmd"]).group(1)
+    deps = [d for d in body["deps"] if "${" not in d]
+    assert str(script.relative_to(ROOT)) in deps
+    covered = [ROOT / d for d in deps]
+    missing = sorted(
+        str(f.relative_to(ROOT)) for f in imported_files(script) if not any(f == c or c in f.parents for c in covered)
+    )
+    assert missing == [], f"stage {name} runs code not listed in its deps: {missing}"
+
+
+def test_stage_params_exist_in_params_yaml():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, body in stages():
+        for key in body.get("params", []):
+            if "${" in key:
+                continue
+            node = params
+            for part in key.split("."):
+                assert part in node, f"stage {name} lists param {key} missing from params.yaml"
+                node = node[part]
