@@ -17,7 +17,8 @@ def test_bucket_and_per_class_accuracy():
     assert list(per_class_accuracy(pred, labels, 3)[:2]) == [0.5, 1.0]
     assert np.isnan(per_class_accuracy(pred, labels, 3)[2])
     stats = mean_std([{"x": 0.5}, {"x": 0.7}])
-    assert stats["x"]["mean"] == pytest.approx(0.6) and stats["x"]["std"] == pytest.approx(0.1)
+    assert stats["x"]["mean"] == pytest.approx(0.6) and stats["x"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert mean_std([{"x": 0.5}])["x"]["std"] == 0.0
 
 
 def test_frechet_distance_is_zero_for_same_gaussian_and_grows_with_shift():

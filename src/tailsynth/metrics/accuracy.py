@@ -32,8 +32,9 @@ def bucket_accuracy(pred: np.ndarray, labels: np.ndarray, classes: list[dict]) -
 
 
 def mean_std(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and (population) standard deviation of each key over runs (seeds)."""
-    keys = values[0].keys()
+    """Mean and sample standard deviation (ddof=1; 0 for a single run) of each key over runs (seeds)."""
+    ddof = 1 if len(values) > 1 else 0
     return {
-        k: {"mean": float(np.mean([v[k] for v in values])), "std": float(np.std([v[k] for v in values]))} for k in keys
+        k: {"mean": float(np.mean([v[k] for v in values])), "std": float(np.std([v[k] for v in values], ddof=ddof))}
+        for k in values[0]
     }
