@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_bytes
@@ -52,15 +52,26 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 
-def encode_png(image: torch.Tensor) -> bytes:
+def encode_png(image: torch.Tensor, text: dict[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, str(value))
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
-def save_png(image: torch.Tensor, path: str | Path) -> None:
-    """Write (C, H, W) in [0, 1] as PNG atomically (temp name, then rename)."""
-    atomic_write_bytes(path, encode_png(image))
+def save_png(image: torch.Tensor, path: str | Path, text: dict[str, str] | None = None) -> None:
+    """Write (C, H, W) in [0, 1] as PNG atomically (temp name, then rename), with optional text fields."""
+    atomic_write_bytes(path, encode_png(image, text))
+
+
+def png_text(path: str | Path) -> dict[str, str]:
+    """The text fields stored in a PNG by :func:`save_png`."""
+    with Image.open(path) as im:
+        return dict(getattr(im, "text", {}) or {})
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:

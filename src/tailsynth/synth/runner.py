@@ -10,12 +10,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from tailsynth.data.images import match_channels, resize_batch, save_png
+from tailsynth.data.images import match_channels, png_text, resize_batch, save_png
 from tailsynth.io import atomic_write_text
 from tailsynth.synth.plan import MANIFEST, write_plan
 
 # (rows of one batch, their source images or None) -> images (N, C, H, W) in [0, 1]
-GenerateFn = Callable[[pd.DataFrame, torch.Tensor | None], torch.Tensor]
+# ... or (images, per-row result columns as a DataFrame aligned with the batch)
+GenerateFn = Callable[[pd.DataFrame, torch.Tensor | None], torch.Tensor | tuple[torch.Tensor, pd.DataFrame]]
 SourceFn = Callable[[pd.DataFrame], torch.Tensor | None]
 BATCH_KEYS = ("mode", "r", "steps", "cfg")
 
@@ -73,17 +74,23 @@ def run_plan(
     mine = [b for i, b in enumerate(batches(plan, batch_size)) if i % num_processes == process_index]
     todo = pending_rows(pd.concat(mine) if mine else plan.iloc[:0], folder, image_size)
     for batch in batches(todo, batch_size):
-        images = generate(batch, load_sources(batch))
+        out = generate(batch, load_sources(batch))
+        images, extras = out if isinstance(out, tuple) else (out, None)
         images = resize_batch(match_channels(images, channels), image_size)
-        for rel, img in zip(batch["image"], images, strict=True):
-            save_png(img, folder / rel)
+        for pos, (rel, img) in enumerate(zip(batch["image"], images, strict=True)):
+            # Per-row results (e.g. Ada's chosen_r) travel inside the PNG, so a resumed run keeps them.
+            text = None if extras is None else {k: repr(float(v)) for k, v in extras.iloc[pos].items()}
+            save_png(img, folder / rel, text)
         if progress is not None:
             progress(len(batch))
     return plan
 
 
 def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFrame:
-    """Remove images not in the plan (left by earlier params), check every row, write ``manifest.csv``."""
+    """Remove images not in the plan (left by earlier params), check every row, write ``manifest.csv``.
+
+    Per-row results stored in the PNGs (numbers) become extra manifest columns.
+    """
     folder = Path(folder)
     wanted = {str(folder / rel) for rel in plan["image"]}
     for path in (folder / "images").rglob("*"):
@@ -92,5 +99,7 @@ def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFr
     missing = pending_rows(plan, folder, image_size)
     if len(missing):
         raise RuntimeError(f"{len(missing)} planned images are missing in {folder}; re-run to resume")
-    atomic_write_text(folder / MANIFEST, plan.to_csv(index=False))
-    return plan
+    extras = pd.DataFrame([{k: float(v) for k, v in png_text(folder / rel).items()} for rel in plan["image"]])
+    manifest = pd.concat([plan.reset_index(drop=True), extras], axis=1) if len(extras.columns) else plan
+    atomic_write_text(folder / MANIFEST, manifest.to_csv(index=False))
+    return manifest
