@@ -1,7 +1,8 @@
 """Stage classifier: the baseline trained on the real long-tailed train split only.
 
-Saves the model and its confusion matrix on the train split (rows: true class, columns:
-predicted class), which GeNIe's long-tail mode reads to pick source classes.
+Saves the model and its confusion matrices on the train split (rows: true class, columns:
+predicted class): counts, and the mean softmax per true class, which GeNIe's long-tail mode
+reads to pick source classes.
 """
 
 import numpy as np
@@ -30,16 +31,23 @@ def main() -> None:
     images, labels = load_split(folder, "train", channels)
     transform, batch_transform = training_augmentation(p["augment"], k)
     model = fit_from_params(p, images, labels, k, seed=p["seed"], transform=transform, batch_transform=batch_transform)
-    train_pred = predict(model, images.float() / 255)[0].argmax(1).numpy()
+    train_logits = predict(model, images.float() / 255)[0]
     confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels.numpy(), train_pred), 1)
+    np.add.at(confusion, (labels.numpy(), train_logits.argmax(1).numpy()), 1)
+    # The train split is usually fitted almost perfectly, so the hard matrix is nearly diagonal;
+    # the mean softmax per true class still ranks which classes the model finds alike.
+    soft = np.zeros((k, k))
+    np.add.at(soft, labels.numpy(), train_logits.softmax(1).numpy())
+    soft /= np.maximum(np.bincount(labels.numpy(), minlength=k), 1)[:, None]
     test_x, test_y = load_split(folder, "test", channels)
     acc = bucket_accuracy(predict(model, test_x.float() / 255)[0].argmax(1).numpy(), test_y.numpy(), classes)
     log.info("baseline classifier test accuracy %s", acc)
     names = [c["name"] for c in classes]
     with atomic_dir(OUT) as tmp:
         save_classifier(model, tmp, extra={"role": "baseline"})
-        pd.DataFrame(confusion, index=pd.Index(names, name="true"), columns=names).to_csv(tmp / "confusion_train.csv")
+        index = pd.Index(names, name="true")
+        pd.DataFrame(confusion, index=index, columns=names).to_csv(tmp / "confusion_train.csv")
+        pd.DataFrame(soft, index=index, columns=names).to_csv(tmp / "confusion_train_soft.csv")
     write_json("metrics/classifier.json", {"acc": acc})
 
 

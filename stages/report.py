@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from tailsynth.data.manifest import image_shape, load_rows, read_classes
@@ -45,15 +46,22 @@ def main() -> None:
     samples.mkdir(parents=True, exist_ok=True)
     for old in samples.glob("*.png"):
         old.unlink()  # grids of methods no longer compared
+    chosen = []
     for method in results:
         synthetic = Path("data/synthetic") / method
         if (synthetic / MANIFEST).is_file():
             rows_s = read_synthetic(synthetic)
+            if "chosen_r" in rows_s:
+                chosen += rows_s["chosen_r"].tolist()
             if len(rows_s):
                 picked = rows_s.groupby("label", sort=True).head(8)
                 images = load_rows(synthetic, picked, channels).float() / 255
                 labels = torch.tensor(picked["label"].tolist())
                 save_class_grid(images, labels, samples / f"{method}.png")
+    histogram = pd.Series(chosen, dtype=float).value_counts().sort_index()
+    atomic_write_text(
+        plots / "chosen_r.csv", pd.DataFrame({"r": histogram.index, "count": histogram.values}).to_csv(index=False)
+    )
     log.info("\n%s", text)
 
 

@@ -21,10 +21,11 @@ def main(method: str) -> None:
     params = load_params()
     p = params["retrain"]
     synthetic = Path("data/synthetic") / method
-    if method not in AUGMENT_METHODS and method not in params.get("synth", {}):
+    generated = params.get("methods", {}).get(method, {}).get("input") == str(synthetic)
+    if method not in AUGMENT_METHODS and not generated:
         raise TailsynthError(
             f"unknown method {method!r}: neither a training-time method ({', '.join(AUGMENT_METHODS)}) "
-            "nor a generated one with a synth section; check 'methods' in params.yaml"
+            f"nor a generated one (methods.{method}.input: {synthetic}); check 'methods' in params.yaml"
         )
     folder = prepared_dir(params)
     classes = read_classes(folder)

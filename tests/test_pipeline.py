@@ -12,8 +12,10 @@ from pipeline_utils import make_project, run, smoke_overrides
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).parent / "dvc")
-METHODS = ["none", "weak", "strong", "cutmix", "mixup", "txt2img", "img2img_low", "img2img_high"]
-GENERATED = ["txt2img", "img2img_low", "img2img_high"]
+METHODS = ["none", "weak", "strong", "cutmix", "mixup", "txt2img", "img2img_low", "img2img_high", "genie", "genie_ada"]
+BASELINES = ["txt2img", "img2img_low", "img2img_high"]
+GENIE = ["genie", "genie_ada"]
+GENERATED = BASELINES + GENIE
 
 
 def ran_stages(output: str) -> set[str]:
@@ -42,7 +44,8 @@ def monkeypatch_module():
 def test_every_stage_ran_and_declared_outputs_exist(project):
     stages = ran_stages((project / "repro.log").read_text())
     expected = {"prepare", "generator", "oracle", "generator_eval", "classifier", "report"}
-    expected |= {f"synth@{m}" for m in GENERATED} | {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
+    expected |= {f"synth@{m}" for m in BASELINES} | {f"synth_genie@{m}" for m in GENIE}
+    expected |= {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
     assert stages == expected
     assert (project / "data/prepared/digits/classes.json").is_file()
     assert (project / "models/generator/model_index.json").is_file()
@@ -52,7 +55,7 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
         assert [r.name for r in runs] == ["seed0", "seed1"]
         config = json.loads((runs[0] / "config.json").read_text())
         assert config["n_real"] == 372  # the long-tailed train split
-        assert config["n_synthetic"] == (12 if m in GENERATED else 0)
+        assert config["n_synthetic"] == {**dict.fromkeys(BASELINES, 12), **dict.fromkeys(GENIE, 8)}.get(m, 0)
     for name in (
         "summary.json",
         "summary.md",
@@ -73,12 +76,22 @@ def test_synthetic_sets_follow_the_contract(project):
         df = pd.read_csv(project / "data/synthetic" / m / "manifest.csv", keep_default_na=False)
         for col in ("image", "label", "method", "target", "source_image", "source_label", "r", "steps", "seed"):
             assert col in df.columns
-        assert sorted(df["label"].unique()) == few and (df.groupby("label").size() == 3).all()
+        assert sorted(df["label"].unique()) == few
+        assert (df.groupby("label").size() == (2 if m in GENIE else 3)).all()
         assert all((project / "data/synthetic" / m / p).is_file() for p in df["image"])
         if m == "txt2img":
             assert (df["r"] == 1.0).all() and (df["source_image"] == "").all()
+        elif m in GENIE:
+            assert (df["source_label"] != df["label"]).all()  # another class's image, labelled as the target
         else:
             assert (df["source_label"] == df["label"]).all()
+    ada = pd.read_csv(project / "data/synthetic/genie_ada/manifest.csv")
+    grid = [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert ada["chosen_r"].isin(grid[1:]).all() and (ada["r"] == ada["chosen_r"]).all()
+    assert all(f"d_{r:g}" in ada.columns for r in grid)
+    hist = pd.read_csv(project / "metrics/plots/chosen_r.csv")
+    assert hist["count"].sum() == len(ada)
+    assert (pd.read_csv(project / "data/synthetic/genie/manifest.csv")["r"] == 0.7).all()
 
 
 def test_metrics_are_in_range(project):
@@ -89,7 +102,8 @@ def test_metrics_are_in_range(project):
             assert 0 <= row[key] <= 1
         assert "fid" not in row  # no Inception weights in this environment
         if m in GENERATED:
-            assert row["n_synthetic"] == 12 and 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
+            assert row["n_synthetic"] == (8 if m in GENIE else 12)
+            assert 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
     for m in METHODS:
         ev = json.loads((project / "metrics/evaluate" / f"{m}.json").read_text())
         assert ev["n_seeds"] == 2 and len(ev["per_class_acc"]) == 10 and set(ev["acc_std"]) == set(ev["acc"])
@@ -111,6 +125,12 @@ def test_exp_run_reruns_only_the_changed_methods_stages(project):
     assert len(list((project / "data/synthetic/img2img_high/images").rglob("*.png"))) == len(df)
     diff = run([DVC, "metrics", "diff", "--json"], project).stdout
     assert "metrics/evaluate/img2img_high.json" in diff
+
+
+def test_exp_run_of_genie_r_reruns_only_genie(project):
+    proc = run([DVC, "exp", "run", "-S", "genie.r=0.8"], project)
+    assert ran_stages(proc.stdout) == {"synth_genie@genie", "retrain@genie", "evaluate@genie", "report"}
+    assert (pd.read_csv(project / "data/synthetic/genie/manifest.csv")["r"] == 0.8).all()
 
 
 def test_interrupted_generation_resumes(project):

@@ -101,5 +101,7 @@ def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFr
         raise RuntimeError(f"{len(missing)} planned images are missing in {folder}; re-run to resume")
     extras = pd.DataFrame([{k: float(v) for k, v in png_text(folder / rel).items()} for rel in plan["image"]])
     manifest = pd.concat([plan.reset_index(drop=True), extras], axis=1) if len(extras.columns) else plan
+    if "chosen_r" in manifest:  # rows planned with r = "ada" record the ratio that was kept
+        manifest["r"] = manifest["chosen_r"]
     atomic_write_text(folder / MANIFEST, manifest.to_csv(index=False))
     return manifest
