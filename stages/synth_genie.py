@@ -13,26 +13,22 @@ import pandas as pd
 import torch
 
 from tailsynth.data.images import match_channels, resize_batch
-from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes, read_manifest, resolve_inside
+from tailsynth.data.manifest import image_shape, load_split, read_classes, read_manifest
 from tailsynth.errors import TailsynthError
-from tailsynth.io import file_digest, folder_digest
+from tailsynth.io import folder_digest
 from tailsynth.methods.genie import GenieAda, check_grid, class_prototypes, plan_genie_long_tail
 from tailsynth.models.classifier import load_classifier, predict
-from tailsynth.models.generator import load_pipeline
 from tailsynth.synth.plan import finalize_rows
-from tailsynth.synth.runner import finish, run_plan
-from tailsynth.synth.sampler import LatentDiffusionSampler
 
-from _common import device, load_params, log, prepared_dir, progress_bar, stage
+from _common import load_params, log, prepared_dir, stage
+from _synth import Synthesis, source_loader, train_source_hashes
 
-GENERATOR, CLASSIFIER = "models/generator", "models/classifier"
+CLASSIFIER = "models/classifier"
 METHODS = ("genie", "genie_ada")
 
 
 @stage
 def main(method: str) -> None:
-    from accelerate import PartialState
-
     if method not in METHODS:
         raise TailsynthError(f"unknown GeNIe method {method!r}; use one of {', '.join(METHODS)}")
     params = load_params()
@@ -42,7 +38,6 @@ def main(method: str) -> None:
     classes, manifest = read_classes(folder), read_manifest(folder)
     channels, size = image_shape(folder)
     confusion = pd.read_csv(Path(CLASSIFIER) / "confusion_train_soft.csv", index_col=0).to_numpy()
-    train = manifest.loc[manifest["split"] == "train", "image"]
     rows = plan_genie_long_tail(
         method,
         classes,
@@ -57,34 +52,19 @@ def main(method: str) -> None:
         cfg=p["cfg"],
         scheduler=p["scheduler"],
         seed=p["seed"],
-        source_hashes={rel: file_digest(resolve_inside(folder, rel), 12) for rel in train},
+        source_hashes=train_source_hashes(folder, manifest),
     )
-    state = PartialState()
-    dev = device() if state.device.type == "cpu" else state.device
-    dtype = torch.float16 if str(dev).startswith("cuda") else torch.float32
-    fingerprint = f"{folder_digest(GENERATOR)}-{dtype}"
-    if grid:  # the chosen image also depends on the embedding network and the grid
-        fingerprint += f"-{folder_digest(CLASSIFIER)}-{grid}"
-    plan = finalize_rows(rows, fingerprint)
-    sampler = LatentDiffusionSampler(load_pipeline(GENERATOR, device=dev, dtype=dtype), p["scheduler"])
-
-    def load_sources(batch):
-        return load_rows(folder, batch.rename(columns={"image": "target_image", "source_image": "image"}), channels)
+    synthesis = Synthesis(p["scheduler"])
+    generator_id = synthesis.generator_id
+    if grid:  # the kept image also depends on the embedding network and the grid
+        generator_id += f"-{folder_digest(CLASSIFIER)}-{grid}"
+    plan = finalize_rows(rows, generator_id)
 
     def generate_at(batch, sources, r):
-        first = batch.iloc[0]
-        out = sampler.generate(
-            batch["prompt"].tolist(),
-            batch["seed"].tolist(),
-            steps=int(first["steps"]),
-            cfg=float(first["cfg"]),
-            sources=sources.float() / 255,
-            r=float(r),
-        )
-        return resize_batch(match_channels(out, channels), size)
+        return resize_batch(match_channels(synthesis.generate(batch, sources, r), channels), size)
 
     if grid:
-        embedder = load_classifier(CLASSIFIER, device=dev)
+        embedder = load_classifier(CLASSIFIER, device=synthesis.device)
         images, labels = load_split(folder, "train", channels)
         prototypes = class_prototypes(predict(embedder, images.float() / 255)[1], labels, len(classes))
 
@@ -93,30 +73,18 @@ def main(method: str) -> None:
 
         generate = GenieAda(generate_at, embed, prototypes, grid)
     else:
-
-        def generate(batch, sources):
-            return generate_at(batch, sources, batch.iloc[0]["r"])
-
-    out = Path("data/synthetic") / method
-    with progress_bar(len(plan), f"synth {method}") as bar:
-        run_plan(
-            plan,
-            out,
-            generate,
-            load_sources,
-            image_size=size,
-            channels=channels,
-            batch_size=p["batch_size"],
-            progress=bar.update,
-            process_index=state.process_index,
-            num_processes=state.num_processes,
-        )
-    state.wait_for_everyone()
-    if state.is_main_process:
-        manifest_out = finish(plan, out, size)
-        if "chosen_r" in manifest_out:
-            log.info("GeNIe-Ada chosen r: %s", manifest_out["chosen_r"].value_counts().sort_index().to_dict())
-        log.info("synth %s: %d images in %s", method, len(plan), out)
+        generate = synthesis.generate
+    manifest_out = synthesis.run(
+        method,
+        plan,
+        generate,
+        source_loader(folder, channels),
+        size=size,
+        channels=channels,
+        batch_size=p["batch_size"],
+    )
+    if manifest_out is not None and "chosen_r" in manifest_out:
+        log.info("GeNIe-Ada chosen r: %s", manifest_out["chosen_r"].value_counts().sort_index().to_dict())
 
 
 if __name__ == "__main__":

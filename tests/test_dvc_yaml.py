@@ -12,8 +12,8 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
 def module_file(name: str) -> Path | None:
-    if name in ("_common", "_fit"):
-        return ROOT / "stages" / f"{name}.py"
+    if name.startswith("_") and (ROOT / "stages" / f"{name}.py").is_file():
+        return ROOT / "stages" / f"{name}.py"  # stage helpers, imported by stage scripts
     if not name.startswith("tailsynth"):
         return None
     base = ROOT / "src" / Path(*name.split("."))
