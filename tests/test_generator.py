@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import tiny_ldm_config
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from transformers import AutoTokenizer
 
@@ -8,16 +9,7 @@ from tailsynth.models import generator as gen
 from tailsynth.models.tokenizer import build_prompt_tokenizer
 
 PROMPTS = ["a photo of a zero", "a photo of a one", "a photo of a golden retriever"]
-TINY = gen.SmallLDMConfig(
-    image_size=16,
-    vae_channels=(8, 16),
-    vae_norm_groups=4,
-    unet_channels=(16, 32),
-    unet_norm_groups=4,
-    attention_head_dim=2,
-    text_hidden=16,
-    text_layers=1,
-)
+TINY = tiny_ldm_config()
 
 
 def test_tokenizer_round_trips_through_from_pretrained(tmp_path):

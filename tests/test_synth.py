@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_ldm_config
 
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.generated import plan_generated
@@ -92,17 +93,7 @@ def test_row_key_changes_with_r_and_generator():
 
 @pytest.fixture(scope="module")
 def sampler():
-    cfg = gen.SmallLDMConfig(
-        image_size=16,
-        vae_channels=(8, 16),
-        vae_norm_groups=4,
-        unet_channels=(16, 32),
-        unet_norm_groups=4,
-        attention_head_dim=2,
-        text_hidden=16,
-        text_layers=1,
-    )
-    comp = gen.build_small_ldm(["a photo of a one", "a photo of a two"], cfg, seed=0)
+    comp = gen.build_small_ldm(["a photo of a one", "a photo of a two"], tiny_ldm_config(), seed=0)
     return LatentDiffusionSampler(gen.assemble_pipeline(comp), "dpm_solver")
 
 

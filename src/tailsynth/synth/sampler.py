@@ -12,6 +12,7 @@ from diffusers import (
 
 from tailsynth.data.images import match_channels, resize_batch
 from tailsynth.errors import TailsynthError
+from tailsynth.models.generator import pipeline_resolution
 
 SCHEDULERS = ("dpm_solver", "ddim")
 
@@ -39,7 +40,7 @@ class LatentDiffusionSampler:
         self.txt2img = pipe
         self.img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
         self.img2img.set_progress_bar_config(disable=True)
-        self.resolution = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        self.resolution = pipeline_resolution(pipe)
         self.channels = int(pipe.vae.config.in_channels)
 
     @torch.no_grad()
