@@ -43,10 +43,22 @@ class Synthesis:
         )
 
     def run(
-        self, method: str, plan: pd.DataFrame, generate, load_sources, *, size: int, channels: int, batch_size: int
+        self,
+        method: str,
+        plan: pd.DataFrame,
+        generate,
+        load_sources,
+        *,
+        size: int,
+        channels: int,
+        batch_size: int,
+        out: Path | None = None,
     ) -> pd.DataFrame | None:
-        """Generate the plan's pending rows (this process's shard); the main process writes the manifest."""
-        out = Path("data/synthetic") / method
+        """Generate the plan's pending rows (this process's shard); the main process writes the manifest.
+
+        ``out`` defaults to data/synthetic/<method>.
+        """
+        out = out or Path("data/synthetic") / method
         with progress_bar(len(plan), f"synth {method}") as bar:
             run_plan(
                 plan,
@@ -70,8 +82,12 @@ class Synthesis:
 
 def train_source_hashes(folder: Path, manifest: pd.DataFrame) -> dict[str, str]:
     """Content digests of the train images, the possible sources (they enter the row keys)."""
-    train = manifest.loc[manifest["split"] == "train", "image"]
-    return {rel: file_digest(resolve_inside(folder, rel), 12) for rel in train}
+    return source_hashes(folder, manifest.loc[manifest["split"] == "train", "image"])
+
+
+def source_hashes(folder: Path, images) -> dict[str, str]:
+    """Content digests of the given prepared images (relative paths)."""
+    return {rel: file_digest(resolve_inside(folder, rel), 12) for rel in images}
 
 
 def source_loader(folder: Path, channels: int):

@@ -3,6 +3,8 @@
 from tailsynth.data.csv_source import scan_csv
 from tailsynth.data.digits import load_digits_split
 from tailsynth.data.imagefolder import scan_imagefolder
+from tailsynth.data.imagenet_lt import scan_imagenet_lt
+from tailsynth.data.mini_imagenet import scan_split_csvs
 from tailsynth.data.prepare import Record, write_prepared
 from tailsynth.errors import TailsynthError
 
@@ -17,6 +19,7 @@ def main() -> None:
         raise TailsynthError(f"data.channels must be 1 or 3, got {p['channels']!r}")
     if not isinstance(p["size"], int) or p["size"] < 8:
         raise TailsynthError(f"data.size must be an integer >= 8, got {p['size']!r}")
+    scan = None
     if kind == "digits":
         d = load_digits_split(
             size=p["size"],
@@ -37,9 +40,22 @@ def main() -> None:
         )
     elif kind == "csv":
         records, names = scan_csv(require(p, "csv", "data"), p.get("root"))
+    elif kind == "mini_imagenet":  # also tiered-ImageNet, which uses the same split CSVs
+        scan = scan_split_csvs(require(p, "root", "data"), class_names=p.get("class_names") or None)
+    elif kind == "imagenet_lt":
+        scan = scan_imagenet_lt(
+            require(p, "root", "data"), split_files=p.get("split_files"), class_names=p.get("class_names") or None
+        )
     else:
-        raise TailsynthError(f"unknown data.dataset {kind!r}; use digits, imagefolder or csv")
-    prompt_names = [n.replace("_", " ") for n in names]
+        raise TailsynthError(
+            f"unknown data.dataset {kind!r}; use digits, imagefolder, csv, mini_imagenet (also tiered-ImageNet) "
+            "or imagenet_lt"
+        )
+    if scan is not None:
+        records, names = scan.records, scan.names
+    prompt_names = scan.prompt_names if scan else [n.replace("_", " ") for n in names]
+    # the older sources have no class ids or superclasses; their classes.json stays as it was
+    described = {"ids": scan.ids, "superclasses": scan.superclasses} if scan else {}
     with progress_bar(len(records), "prepare") as bar:
         table = write_prepared(
             prepared_dir({"data": p}),
@@ -51,6 +67,7 @@ def main() -> None:
             many_above=p["buckets"]["many"],
             few_below=p["buckets"]["few"],
             progress=bar.update,
+            **described,
         )
     for c in table:
         log.info("class %d %-12s train=%4d %s", c["index"], c["name"], c["train_count"], c["bucket"])

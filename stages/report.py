@@ -9,10 +9,29 @@ from tailsynth.data.manifest import image_shape, load_rows, read_classes
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, read_json, write_json
 from tailsynth.report.grid import save_class_grid
-from tailsynth.report.summary import bucket_table, per_class_table, summary_markdown, summary_rows
+from tailsynth.report.summary import (
+    bucket_table,
+    fewshot_columns,
+    fewshot_markdown,
+    per_class_table,
+    summary_markdown,
+    summary_rows,
+    sweep_markdown,
+)
 from tailsynth.synth.plan import MANIFEST, read_synthetic
 
 from _common import load_params, log, prepared_dir, stage
+
+
+def read_metrics(stage_name: str, methods, folder: str | None = None) -> dict[str, dict]:
+    """{method: metrics/<folder>/<method>.json} for every method, or a clear error naming the missing stage."""
+    out = {}
+    for method in methods:
+        path = Path("metrics") / (folder or stage_name) / f"{method}.json"
+        if not path.is_file():
+            raise TailsynthError(f"{path} not found; run {stage_name}@{method} first")
+        out[method] = read_json(path)
+    return out
 
 
 @stage
@@ -21,15 +40,29 @@ def main() -> None:
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
-    results = {}
-    for method in params["methods"]:
-        path = Path("metrics/evaluate") / f"{method}.json"
-        if not path.is_file():
-            raise TailsynthError(f"{path} not found; run evaluate@{method} first")
-        results[method] = read_json(path)
+    results = read_metrics("evaluate", params["methods"])
     rows = summary_rows(results)
-    write_json("metrics/summary.json", {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows})
+    shots = params["fewshot"]["shots"]
+    fewshot = read_metrics("fewshot_eval", params["fewshot_methods"], folder="fewshot")
+    # One table for every method: long-tail columns and few-shot columns side by side.
+    summary = {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}
+    for method, result in fewshot.items():
+        summary.setdefault(method, {}).update(fewshot_columns(result, shots))
+    write_json("metrics/summary.json", summary)
     text = summary_markdown(rows)
+    f = params["fewshot"]
+    text += "\n" + fewshot_markdown(
+        fewshot,
+        shots,
+        f"Few-shot results ({f['ways']}-way, {f['episodes']} episodes, {f['queries']} queries per class; "
+        "mean ± 95% CI)",
+    )
+    if Path("metrics/fewshot/r_sweep.json").is_file():
+        text += "\n" + sweep_markdown(read_json("metrics/fewshot/r_sweep.json"), shots)
+    for method, result in fewshot.items():
+        for k, counts in result.get("chosen_r", {}).items():
+            text += f"\n{method} {k} chosen r: " + ", ".join(f"{int(r[1:]) / 100:g}: {n}" for r, n in counts.items())
+    text += "\n"
     if Path("metrics/generator.json").is_file():
         g = read_json("metrics/generator.json")
         text += (

@@ -45,7 +45,8 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
     stages = ran_stages((project / "repro.log").read_text())
     expected = {"prepare", "generator", "oracle", "generator_eval", "classifier", "report"}
     expected |= {f"synth@{m}" for m in BASELINES} | {f"synth_genie@{m}" for m in GENIE}
-    expected |= {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
+    expected |= {f"{s}@{m}" for s in ("retrain", "evaluate", "fewshot_eval") for m in METHODS}
+    expected |= {"fewshot_episodes", "fewshot_backbone", "fewshot_sweep"} | {f"fewshot_synth@{m}" for m in GENERATED}
     assert stages == expected
     assert (project / "data/prepared/digits/classes.json").is_file()
     assert (project / "models/generator/model_index.json").is_file()
@@ -112,6 +113,55 @@ def test_metrics_are_in_range(project):
     assert "| img2img_high |" in (project / "metrics/summary.md").read_text()
 
 
+def test_fewshot_outputs(project):
+    episodes = pd.read_csv(project / "data/fewshot/episodes/episodes.csv")
+    assert set(episodes["label"]) == {5, 6, 7, 8, 9} and episodes["episode"].nunique() == 2
+    backbone = json.loads((project / "models/fewshot_backbone/config.json").read_text())
+    assert backbone["base_classes"] == [0, 1, 2, 3, 4] and backbone["num_classes"] == 5
+    for m in GENERATED:
+        df = pd.read_csv(project / "data/fewshot/synthetic" / m / "manifest.csv", keep_default_na=False)
+        levels = 5 if m == "genie_ada" else 1
+        assert len(df) == 2 * 5 * 4 * 5 * levels  # episodes x classes x (N-1)K x levels
+        assert set(df["target"]) == {5, 6, 7, 8, 9}
+        if m in GENIE:
+            assert (df["source_label"] != df["target"]).all()
+            assert set(df["source_image"]) <= set(episodes.loc[episodes["role"] == "support", "image"])
+    for m in METHODS:
+        r = json.loads((project / "metrics/fewshot" / f"{m}.json").read_text())
+        for k in (1, 5):
+            assert 0 <= r[f"{k}shot"]["mean"] <= 1 and r[f"{k}shot"]["episodes"] == 2 and r[f"{k}shot"]["ci95"] >= 0
+            assert r[f"{k}shot"]["added_per_class"] == (0 if m == "none" else 4 * k)
+        assert ("oracle_acc" in r) == (m in GENERATED)
+    choices = pd.read_csv(project / "data/fewshot/synthetic/genie_ada/ada_choices.csv")
+    assert choices.groupby("shots").size().to_dict() == {1: 2 * 5 * 4, 5: 2 * 5 * 20}
+    assert choices["chosen_r"].isin([0.6, 0.7, 0.8, 0.9]).all()
+    sweep = pd.read_csv(project / "metrics/plots/r_sweep.csv")
+    assert sweep["r"].tolist() == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert sweep[["oracle_acc", "acc_1shot", "acc_5shot"]].apply(lambda c: c.between(0, 1)).all().all()
+    summary = json.loads((project / "metrics/summary.json").read_text())
+    assert all("fewshot_1shot" in summary[m] and "fewshot_5shot_ci95" in summary[m] for m in METHODS)
+    text = (project / "metrics/summary.md").read_text()
+    assert "## Few-shot results" in text and "## GeNIe noise sweep" in text
+
+
+def test_fixed_r_genie_is_adas_level_at_the_same_r(project):
+    from tailsynth.data.images import load_image
+
+    fixed = pd.read_csv(project / "data/fewshot/synthetic/genie/manifest.csv", keep_default_na=False)
+    ada = pd.read_csv(project / "data/fewshot/synthetic/genie_ada/manifest.csv", keep_default_na=False)
+    level = ada[ada["r"] == 0.7]
+    cols = ["episode", "target", "source_image", "seed"]
+    pairs = fixed[cols + ["image"]].merge(level[cols + ["image"]], on=cols, suffixes=("_fixed", "_ada"))
+    assert len(pairs) == len(fixed)
+    diffs = [
+        (load_image(project / "data/fewshot/synthetic/genie" / a, None, 1) * 255).round()
+        - (load_image(project / "data/fewshot/synthetic/genie_ada" / b, None, 1) * 255).round()
+        for a, b in zip(pairs["image_fixed"], pairs["image_ada"], strict=True)
+    ]
+    assert max(float(d.abs().max()) for d in diffs) <= 1  # float kernels may differ by one level
+    assert sum(float(d.abs().max()) == 0 for d in diffs) >= 0.8 * len(diffs)
+
+
 def test_noop_repro_runs_nothing(project):
     proc = run([DVC, "repro"], project)
     assert ran_stages(proc.stdout) == set()
@@ -119,7 +169,14 @@ def test_noop_repro_runs_nothing(project):
 
 def test_exp_run_reruns_only_the_changed_methods_stages(project):
     proc = run([DVC, "exp", "run", "-S", "synth.img2img_high.r=0.6"], project)
-    assert ran_stages(proc.stdout) == {"synth@img2img_high", "retrain@img2img_high", "evaluate@img2img_high", "report"}
+    assert ran_stages(proc.stdout) == {
+        "synth@img2img_high",
+        "retrain@img2img_high",
+        "evaluate@img2img_high",
+        "fewshot_synth@img2img_high",
+        "fewshot_eval@img2img_high",
+        "report",
+    }
     df = pd.read_csv(project / "data/synthetic/img2img_high/manifest.csv")
     assert (df["r"] == 0.6).all()
     assert len(list((project / "data/synthetic/img2img_high/images").rglob("*.png"))) == len(df)
@@ -129,8 +186,16 @@ def test_exp_run_reruns_only_the_changed_methods_stages(project):
 
 def test_exp_run_of_genie_r_reruns_only_genie(project):
     proc = run([DVC, "exp", "run", "-S", "genie.r=0.8"], project)
-    assert ran_stages(proc.stdout) == {"synth_genie@genie", "retrain@genie", "evaluate@genie", "report"}
+    assert ran_stages(proc.stdout) == {
+        "synth_genie@genie",
+        "retrain@genie",
+        "evaluate@genie",
+        "fewshot_synth@genie",
+        "fewshot_eval@genie",
+        "report",
+    }
     assert (pd.read_csv(project / "data/synthetic/genie/manifest.csv")["r"] == 0.8).all()
+    assert (pd.read_csv(project / "data/fewshot/synthetic/genie/manifest.csv")["r"] == 0.8).all()
 
 
 def test_interrupted_generation_resumes(project):
@@ -150,3 +215,4 @@ def test_interrupted_generation_resumes(project):
 def test_params_yaml_lists_every_method_stage():
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     assert list(params["methods"]) == METHODS
+    assert list(params["fewshot_methods"]) == METHODS

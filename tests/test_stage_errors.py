@@ -72,3 +72,39 @@ def test_generator_that_cannot_be_loaded(project, tmp_path):
     proc = project("generator.py", params={"generator": {"source": "pretrained", "model": missing}})
     assert_one_line_error(proc, "no-such-sd15", "generator.model")
     assert not (project.root / "models").exists()
+
+
+def test_fewshot_episode_params_are_checked_and_nothing_is_written(project):
+    run_prepare = project("prepare.py")
+    assert run_prepare.returncode == 0, run_prepare.stderr[-2000:]
+    out = project.root / "data" / "fewshot"
+    assert_one_line_error(project("fewshot_episodes.py", params={"fewshot": {"episodes": 0}}), "fewshot.episodes")
+    # The digits test split has 50 images per class: 5 support + 46 queries do not fit.
+    proc = project("fewshot_episodes.py", params={"fewshot": {"queries": 46}})
+    assert_one_line_error(proc, "fewshot.queries", "'five' has 50 images")
+    proc = project("fewshot_episodes.py", params={"fewshot": {"shots": [1, 60]}})
+    assert_one_line_error(proc, "fewshot.shots")
+    assert not out.exists()
+    assert project("fewshot_episodes.py", params={"fewshot": {"episodes": 2}}).returncode == 0
+    assert (out / "episodes" / "episodes.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, params, fragment",
+    [
+        (["genie"], {"genie": {"r": 1.5}}, "genie.r"),
+        (["genie_ada"], {"genie": {"ada": {"grid": []}}}, "genie.ada.grid"),
+        (["img2img_high"], {"synth": {"img2img_high": {"r": 0}}}, "synth.img2img_high.r"),
+        (["bogus"], {}, "unknown generated few-shot method 'bogus'"),
+    ],
+)
+def test_fewshot_synth_bad_params(project, args, params, fragment):
+    assert_one_line_error(project("fewshot_synth.py", *args, params=params), fragment)
+    assert not (project.root / "data").exists()
+
+
+def test_fewshot_backbone_checkpoint_missing(project, tmp_path):
+    assert project("prepare.py").returncode == 0
+    params = {"fewshot_backbone": {"source": "checkpoint", "arch": "resnet18", "checkpoint": str(tmp_path / "u.pth")}}
+    assert_one_line_error(project("fewshot_backbone.py", params=params), "fewshot_backbone.checkpoint", "u.pth")
+    assert not (project.root / "models").exists()

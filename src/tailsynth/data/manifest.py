@@ -3,7 +3,8 @@
 ``manifest.csv`` columns: ``image`` (path relative to the folder), ``label`` (class index),
 ``split`` (``train``/``val``/``test``, or ``pool`` for images only in the generator's pool),
 ``in_pool`` (0/1) and optional ``group``. ``classes.json`` lists, per class: index, name,
-prompt name, train count and shot bucket.
+prompt name, train count and shot bucket, plus ``id`` (e.g. a WordNet id) and ``superclass`` when the
+source dataset has them.
 """
 
 from __future__ import annotations
@@ -32,21 +33,35 @@ def shot_bucket(train_count: int, many_above: int = 100, few_below: int = 20) ->
 
 
 def class_table(
-    names: list[str], prompt_names: list[str], train_counts: list[int], many_above: int, few_below: int
+    names: list[str],
+    prompt_names: list[str],
+    train_counts: list[int],
+    many_above: int,
+    few_below: int,
+    *,
+    superclasses: list[str | None] | None = None,
+    ids: list[str] | None = None,
 ) -> list[dict]:
-    """The ``classes.json`` records, one per class in index order."""
+    """The ``classes.json`` records, one per class in index order.
+
+    ``superclasses`` and ``ids`` (one per class) add ``superclass`` (null where unknown) and ``id`` keys.
+    """
     if few_below > many_above + 1:
         raise TailsynthError(f"data.buckets: few ({few_below}) must not exceed many ({many_above}) + 1")
-    return [
-        {
-            "index": i,
-            "name": name,
-            "prompt_name": prompt,
-            "train_count": int(n),
-            "bucket": shot_bucket(int(n), many_above, few_below),
-        }
-        for i, (name, prompt, n) in enumerate(zip(names, prompt_names, train_counts, strict=True))
-    ]
+    for what, values in (("superclasses", superclasses), ("ids", ids)):
+        if values is not None and len(values) != len(names):
+            raise ValueError(f"{len(values)} {what} for {len(names)} classes")
+    table = []
+    for i, (name, prompt, n) in enumerate(zip(names, prompt_names, train_counts, strict=True)):
+        row = {"index": i}
+        if ids is not None:
+            row["id"] = ids[i]
+        row |= {"name": name, "prompt_name": prompt}
+        if superclasses is not None:
+            row["superclass"] = superclasses[i]
+        row |= {"train_count": int(n), "bucket": shot_bucket(int(n), many_above, few_below)}
+        table.append(row)
+    return table
 
 
 def resolve_inside(root: str | Path, relative: str) -> Path:

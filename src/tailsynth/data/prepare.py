@@ -27,6 +27,17 @@ class Record:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Scan:
+    """An adapter's result: the records and, per class in index order, id, name, prompt name and superclass."""
+
+    records: list[Record]
+    ids: list[str]
+    names: list[str]
+    prompt_names: list[str]
+    superclasses: list[str | None]
+
+
 def write_prepared(
     out_dir: str | Path,
     records: Iterable[Record],
@@ -38,11 +49,13 @@ def write_prepared(
     many_above: int,
     few_below: int,
     progress: Callable[[int], None] | None = None,
+    superclasses: list[str | None] | None = None,
+    ids: list[str] | None = None,
 ) -> list[dict]:
     """Resize every record to ``size``×``size`` with ``channels`` channels and write the folder.
 
     The folder appears only when complete (it is built under a temporary name). Returns the
-    class table written to ``classes.json``.
+    class table written to ``classes.json`` (with ``superclass`` and ``id`` keys when those are given).
     """
     rows = []
     with atomic_dir(out_dir) as tmp:
@@ -60,7 +73,9 @@ def write_prepared(
                 progress(1)
         df = pd.DataFrame(rows)
         train_counts = [int(((df["split"] == "train") & (df["label"] == k)).sum()) for k in range(len(names))]
-        table = class_table(names, prompt_names, train_counts, many_above, few_below)
+        table = class_table(
+            names, prompt_names, train_counts, many_above, few_below, superclasses=superclasses, ids=ids
+        )
         df.to_csv(tmp / MANIFEST, index=False)
         write_json(tmp / CLASSES, table)
     return table

@@ -66,3 +66,41 @@ def bucket_table(results: dict[str, dict]) -> pd.DataFrame:
     for method, m in results.items():
         table[method] = [m["acc"][b] for b in present]
     return table
+
+
+def fewshot_columns(result: dict, shots: list[int]) -> dict:
+    """Flat summary keys of one few-shot result: ``fewshot_<K>shot`` and ``fewshot_<K>shot_ci95``."""
+    row = {}
+    for k in shots:
+        entry = result.get(f"{k}shot", {})
+        if "mean" in entry:
+            row[f"fewshot_{k}shot"] = entry["mean"]
+            if "ci95" in entry:
+                row[f"fewshot_{k}shot_ci95"] = entry["ci95"]
+    if "oracle_acc" in result:
+        row["fewshot_oracle_acc"] = result["oracle_acc"]
+    return row
+
+
+def fewshot_markdown(results: dict[str, dict], shots: list[int], title: str) -> str:
+    """Methods × shot counts: accuracy % (mean ± 95% CI over episodes), oracle accuracy and images added."""
+    head = ["method", *[f"{k}-shot" for k in shots], "oracle acc", "added per class"]
+    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, r in results.items():
+        cells = [method]
+        cells += [_fmt(r[f"{k}shot"]["mean"], r[f"{k}shot"].get("ci95")) for k in shots]
+        cells.append(_fmt(r.get("oracle_acc")))
+        cells.append(" / ".join(str(r[f"{k}shot"].get("added_per_class", 0)) for k in shots))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(sweep: dict[str, dict], shots: list[int]) -> str:
+    """The GeNIe noise sweep: oracle label accuracy and few-shot accuracy per noise ratio r."""
+    head = ["r", "oracle acc", *[f"{k}-shot" for k in shots]]
+    lines = ["## GeNIe noise sweep (few-shot)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in sorted(sweep.values(), key=lambda e: e["r"]):
+        cells = [f"{entry['r']:g}", _fmt(entry["oracle_acc"])]
+        cells += [_fmt(entry[f"{k}shot"]["mean"], entry[f"{k}shot"].get("ci95")) for k in shots]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

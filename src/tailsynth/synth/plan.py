@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from pathlib import Path
 
 import pandas as pd
@@ -59,13 +60,24 @@ def read_plan(folder: str | Path) -> pd.DataFrame:
 
 
 def prompt_for(template: str, class_info: dict) -> str:
-    """Fill the prompt template (param ``generator.prompt``) with a class's names."""
+    """Fill the prompt template (param ``generator.prompt``) with a class's names.
+
+    ``{name}`` is the class's prompt name; ``{superclass}`` needs a class with a known superclass.
+    """
     try:
-        return template.format(name=class_info["prompt_name"], superclass=class_info.get("superclass", ""))
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        if "superclass" in fields and not class_info.get("superclass"):
+            raise TailsynthError(
+                f"generator.prompt {template!r} uses {{superclass}} but class {class_info.get('name')!r} has none; "
+                "set data.class_names to a file with a superclass column, or drop {superclass} from the prompt"
+            )
+        return template.format(name=class_info["prompt_name"], superclass=class_info.get("superclass") or "")
     except (KeyError, IndexError) as exc:
         raise TailsynthError(
             f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}} (and {{superclass}})"
         ) from exc
+    except ValueError as exc:
+        raise TailsynthError(f"generator.prompt {template!r} is not a valid template: {exc}") from exc
 
 
 def read_synthetic(folder: str | Path) -> pd.DataFrame:

@@ -1,0 +1,123 @@
+"""Stage fewshot_eval@<method>: episodic accuracy of a linear probe on frozen features -> metrics/fewshot/<method>.json.
+
+Every method's support is the real K-shot support plus (N−1)·K images per class: augmented
+copies (weak, strong, cutmix, mixup), or rows of its generated set (fewshot_synth@<method>);
+``none`` adds nothing. Result per shot count: mean ± 1.96·std/√E over the episodes.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from _fewshot import ADA_CHOICES, BACKBONE, embed_files, oracle_accuracy, read_episodes
+
+from tailsynth.data.episodes import support
+from tailsynth.data.manifest import image_shape
+from tailsynth.errors import TailsynthError
+from tailsynth.io import write_json
+from tailsynth.methods.episodic import AUGMENT_KINDS, augmented_support, select_rows
+from tailsynth.models.classifier import load_classifier, predict
+from tailsynth.synth.plan import read_synthetic
+from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
+
+from _common import device, load_params, log, prepared_dir, stage
+
+
+@stage
+def main(method: str) -> None:
+    params = load_params()
+    if method not in params["fewshot_methods"]:
+        raise TailsynthError(f"unknown few-shot method {method!r}: params.yaml has no fewshot_methods.{method}")
+    p = params["fewshot_eval"]
+    shots, ways = params["fewshot"]["shots"], params["fewshot"]["ways"]
+    folder = prepared_dir(params)
+    channels, _ = image_shape(folder)
+    episodes = read_episodes()
+    backbone = load_classifier(BACKBONE, device())
+    images = sorted(set(episodes["image"]))
+    features = dict(zip(images, embed_files(backbone, folder, images, channels), strict=True))
+    result: dict = {}
+    source = Path(params["fewshot_methods"][method]["input"])
+    if method in AUGMENT_KINDS:
+        extras = augment_extras(method, params["augment"].get(method, {}), episodes, folder, channels, backbone, ways)
+    else:
+        rows = read_synthetic(source)
+        if (source / ADA_CHOICES).is_file():  # GeNIe-Ada: the chosen level of each pair, per shot count
+            choices = pd.read_csv(source / ADA_CHOICES)
+            used = rows[rows["image"].isin(choices["image"])]
+            result["chosen_r"] = {
+                f"{k}shot": {f"r{round(r * 100)}": int(n) for r, n in g["chosen_r"].value_counts().sort_index().items()}
+                for k, g in choices.groupby("shots")
+            }
+
+            def pick(e: int, k: int) -> pd.DataFrame:
+                chosen = choices[(choices["episode"] == e) & (choices["shots"] == k)]
+                return rows.set_index("image").loc[chosen["image"]].reset_index()
+
+        else:
+            used = rows
+
+            def pick(e: int, k: int) -> pd.DataFrame:
+                return select_rows(rows, e, k)
+
+        gen_features = dict(
+            zip(used["image"], embed_files(backbone, source, used["image"].tolist(), channels), strict=True)
+        )
+        extras = generated_extras(pick, gen_features, ways)
+        result["oracle_acc"] = oracle_accuracy(load_classifier("models/oracle", device()), source, used, channels)
+        result["n_synthetic"] = int(len(used))
+    accs = evaluate_episodes(episodes, shots, features, extras, c=p["c"], max_iter=p["max_iter"])
+    for k, a in accs.items():
+        result[f"{k}shot"] = mean_ci95(a)
+        result[f"{k}shot"]["added_per_class"] = (ways - 1) * k if method != "none" else 0
+    log.info("fewshot %s: %s", method, {f"{k}shot": round(float(np.mean(a)), 4) for k, a in accs.items()})
+    write_json(Path("metrics/fewshot") / f"{method}.json", result)
+
+
+def check_counts(labels: np.ndarray, expected: int, e: int, k: int) -> None:
+    counts = set(np.bincount(labels)[np.unique(labels)].tolist())
+    if counts != {expected}:
+        raise RuntimeError(f"episode {e}, {k}-shot: added {sorted(counts)} images per class, expected {expected}")
+
+
+def generated_extras(pick, gen_features: dict, ways: int):
+    def extras(e: int, k: int):
+        rows = pick(e, k)
+        labels = rows["label"].to_numpy()
+        check_counts(labels, (ways - 1) * k, e, k)
+        return np.stack([gen_features[i] for i in rows["image"]]), labels
+
+    return extras
+
+
+def augment_extras(
+    method: str, section: dict, episodes: pd.DataFrame, folder: Path, channels: int, backbone, ways: int
+):
+    from tailsynth.data.manifest import load_rows
+
+    def extras(e: int, k: int):
+        if method == "none":
+            return np.zeros((0, 1)), np.zeros(0, dtype=np.int64)
+        sup = support(episodes, e, k)
+        x = load_rows(folder, sup, channels).float() / 255
+        names = [f"{e}:{i}" for i in sup["image"]]
+        ax, ay = augmented_support(
+            x,
+            torch.as_tensor(sup["label"].to_numpy()),
+            names,
+            method,
+            copies=ways - 1,
+            seed=0,
+            alpha=float(section.get("alpha", 1.0)),
+            hflip=bool(section.get("hflip", False)),
+        )
+        check_counts(ay.numpy(), (ways - 1) * k, e, k)
+        return predict(backbone, ax)[1].numpy(), ay.numpy()
+
+    return extras
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,98 @@
+"""Stage fewshot_synth@<method>: generated images for every episode -> data/fewshot/synthetic/<method>/.
+
+Each class of an N-way K-shot episode gets (N−1)·K images (``tailsynth.methods.episodic``).
+The plan covers the largest shot count; smaller ones use a subset. Resumable and sharded like
+synth@<method>, so repeated evaluation never regenerates. GeNIe-Ada generates every grid level
+(in shared batches across pairs: the sweep of fixed-r GeNIe sets) and then records its choice
+per pair and shot count in ``ada_choices.csv``, embedding with the few-shot backbone.
+"""
+
+import sys
+
+import torch
+from _fewshot import ADA_CHOICES, BACKBONE, SYNTHETIC, embed_files, read_episodes
+
+from tailsynth.data.manifest import image_shape, read_classes
+from tailsynth.errors import TailsynthError
+from tailsynth.io import atomic_write_text
+from tailsynth.methods.episodic import ada_choices, plan_episodic
+from tailsynth.methods.generated import check_spec
+from tailsynth.methods.genie import check_grid
+from tailsynth.models.classifier import load_classifier
+from tailsynth.synth.plan import finalize_rows
+
+from _common import load_params, log, prepared_dir, stage
+from _synth import Synthesis, source_hashes, source_loader
+
+
+def generation_spec(params: dict, method: str, steps: int) -> tuple[str, list[float]]:
+    """(kind, noise levels) of a generated few-shot method, checked against its params."""
+    if method == "genie":
+        r = params["genie"]["r"]
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+            raise TailsynthError(f"genie.r must be a number in (0, 1], got {r!r}")
+        if int(r * steps) < 1:
+            raise TailsynthError(f"genie.r = {r} gives no denoising step with fewshot_synth.steps = {steps}")
+        return "genie", [float(r)]
+    if method == "genie_ada":
+        return "genie", check_grid(params["genie"]["ada"]["grid"], steps)
+    spec = params["synth"].get(method)
+    if not isinstance(spec, dict):
+        raise TailsynthError(
+            f"unknown generated few-shot method {method!r}: use genie, genie_ada or a synth.<method> section"
+        )
+    check_spec(method, spec, steps)
+    return spec["mode"], [float(spec.get("r", 1.0))]
+
+
+@stage
+def main(method: str) -> None:
+    params = load_params()
+    p = params["fewshot_synth"]
+    kind, levels = generation_spec(params, method, p["steps"])
+    episodes = read_episodes()
+    folder = prepared_dir(params)
+    classes = read_classes(folder)
+    channels, size = image_shape(folder)
+    support_images = sorted(set(episodes.loc[episodes["role"] == "support", "image"]))
+    rows = plan_episodic(
+        method,
+        kind,
+        episodes,
+        classes,
+        levels=levels,
+        prompt_template=params["generator"]["prompt"],
+        steps=p["steps"],
+        cfg=p["cfg"],
+        scheduler=p["scheduler"],
+        seed=p["seed"],
+        source_hashes=source_hashes(folder, support_images),
+    )
+    synthesis = Synthesis(p["scheduler"])
+    plan = finalize_rows(rows, synthesis.generator_id)
+    out = SYNTHETIC / method
+    manifest = synthesis.run(
+        method,
+        plan,
+        synthesis.generate,
+        source_loader(folder, channels),
+        size=size,
+        channels=channels,
+        batch_size=p["batch_size"],
+        out=out,
+    )
+    if manifest is None or method != "genie_ada":
+        return
+    backbone = load_classifier(BACKBONE, synthesis.device)
+    level_features = torch.from_numpy(embed_files(backbone, out, manifest["image"].tolist(), channels))
+    source_features = dict(
+        zip(support_images, torch.from_numpy(embed_files(backbone, folder, support_images, channels)), strict=True)
+    )
+    choices = ada_choices(manifest, level_features, source_features, episodes, params["fewshot"]["shots"])
+    atomic_write_text(out / ADA_CHOICES, choices.to_csv(index=False))
+    for k, group in choices.groupby("shots"):
+        log.info("GeNIe-Ada %d-shot chosen r: %s", k, group["chosen_r"].value_counts().sort_index().to_dict())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
