@@ -108,3 +108,36 @@ def test_fewshot_backbone_checkpoint_missing(project, tmp_path):
     params = {"fewshot_backbone": {"source": "checkpoint", "arch": "resnet18", "checkpoint": str(tmp_path / "u.pth")}}
     assert_one_line_error(project("fewshot_backbone.py", params=params), "fewshot_backbone.checkpoint", "u.pth")
     assert not (project.root / "models").exists()
+
+
+def test_fewshot_backbone_from_a_torchvision_checkpoint(project, tmp_path):
+    """Real mode: a ResNet state dict (e.g. UniSiam's) becomes the frozen few-shot feature extractor."""
+    import torch
+    import torchvision
+
+    from tailsynth.models.classifier import load_classifier, predict
+
+    assert project("prepare.py").returncode == 0
+    net = torchvision.models.resnet18(num_classes=7)
+    torch.save(net.state_dict(), tmp_path / "unisiam_r18.pth")
+    params = {
+        "fewshot_backbone": {
+            "source": "checkpoint",
+            "arch": "resnet18",
+            "checkpoint": str(tmp_path / "unisiam_r18.pth"),
+        }
+    }
+    proc = project("fewshot_backbone.py", params=params)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = load_classifier(project.root / "models" / "fewshot_backbone")
+    assert model.config["checkpoint"].endswith("unisiam_r18.pth")
+    x = torch.rand(2, 1, 32, 32)
+    feats = predict(model, x)[1]
+    # Grayscale input: the checkpoint's RGB stem is summed over colour channels, so the same image
+    # repeated on three channels through the original network gives the same features.
+    net.eval()
+    rgb = (x.repeat(1, 3, 1, 1) - 0.5) / 0.5
+    with torch.no_grad():
+        body = torch.nn.Sequential(*list(net.children())[:-1])
+        expected = body(rgb).flatten(1)
+    assert torch.allclose(feats, expected, atol=1e-4)
