@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from tailsynth.data.manifest import image_shape, load_rows, read_classes
@@ -11,6 +10,7 @@ from tailsynth.io import atomic_write_text, read_json, write_json
 from tailsynth.report.grid import save_class_grid
 from tailsynth.report.summary import (
     bucket_table,
+    chosen_r_table,
     fewshot_columns,
     fewshot_markdown,
     per_class_table,
@@ -91,10 +91,7 @@ def main() -> None:
                 images = load_rows(synthetic, picked, channels).float() / 255
                 labels = torch.tensor(picked["label"].tolist())
                 save_class_grid(images, labels, samples / f"{method}.png")
-    histogram = pd.Series(chosen, dtype=float).value_counts().sort_index()
-    atomic_write_text(
-        plots / "chosen_r.csv", pd.DataFrame({"r": histogram.index, "count": histogram.values}).to_csv(index=False)
-    )
+    atomic_write_text(plots / "chosen_r.csv", chosen_r_table(chosen, fewshot).to_csv(index=False))
     log.info("\n%s", text)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from tailsynth.metrics.accuracy import bucket_accuracy, mean_std, per_class_accuracy
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
-from tailsynth.report.summary import bucket_table, per_class_table, summary_markdown, summary_rows
+from tailsynth.report.summary import bucket_table, chosen_r_table, per_class_table, summary_markdown, summary_rows
 
 CLASSES = [{"index": 0, "name": "a", "bucket": "many"}, {"index": 1, "name": "b", "bucket": "few"}]
 
@@ -59,3 +59,12 @@ def test_summary_table_and_plot_tables():
     assert "| txt2img | 60.0 ± 2.0 | 90.0 ± 0.0 | — | 30.0 ± 0.0 | 97.0 | 1.5 | — | 50 |" in md
     assert list(per_class_table(results, CLASSES)["txt2img"]) == [0.9, 0.3]
     assert list(bucket_table(results)["bucket"]) == ["overall", "many", "few"]
+
+
+def test_chosen_r_table_keeps_every_level_of_every_column():
+    fewshot = {"genie_ada": {"chosen_r": {"1shot": {"r70": 3, "r60": 1}, "5shot": {"r90": 2}}}, "txt2img": {}}
+    table = chosen_r_table([0.6, 0.6, 0.8], fewshot)
+    assert table["r"].tolist() == [0.6, 0.7, 0.8, 0.9]  # 0.7 and 0.9 were never chosen in long-tail mode
+    assert table["count"].tolist() == [2, 0, 1, 0]
+    assert table["genie_ada_1shot"].tolist() == [1, 3, 0, 0]
+    assert table["genie_ada_5shot"].tolist() == [0, 0, 0, 2]

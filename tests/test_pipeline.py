@@ -135,6 +135,10 @@ def test_fewshot_outputs(project):
     choices = pd.read_csv(project / "data/fewshot/synthetic/genie_ada/ada_choices.csv")
     assert choices.groupby("shots").size().to_dict() == {1: 2 * 5 * 4, 5: 2 * 5 * 20}
     assert choices["chosen_r"].isin([0.6, 0.7, 0.8, 0.9]).all()
+    hist = pd.read_csv(project / "metrics/plots/chosen_r.csv").set_index("r")
+    for k in (1, 5):
+        counts = choices.loc[choices["shots"] == k, "chosen_r"].value_counts()
+        assert hist.loc[counts.index, f"genie_ada_{k}shot"].tolist() == counts.tolist()
     sweep = pd.read_csv(project / "metrics/plots/r_sweep.csv")
     assert sweep["r"].tolist() == [0.5, 0.6, 0.7, 0.8, 0.9]
     assert sweep[["oracle_acc", "acc_1shot", "acc_5shot"]].apply(lambda c: c.between(0, 1)).all().all()

@@ -104,3 +104,17 @@ def sweep_markdown(sweep: dict[str, dict], shots: list[int]) -> str:
         cells += [_fmt(entry[f"{k}shot"]["mean"], entry[f"{k}shot"].get("ci95")) for k in shots]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def chosen_r_table(long_tail: list[float], fewshot: dict[str, dict]) -> pd.DataFrame:
+    """GeNIe-Ada's chosen-r histogram: column ``count`` (long-tail rows) and ``<method>_<K>shot``.
+
+    ``long_tail`` lists each long-tail row's chosen r; ``fewshot`` maps a method to its few-shot
+    metrics, whose ``chosen_r`` holds counts per shot count keyed like ``"r60"`` (r = 0.6).
+    Rows are the union of the r values, with 0 where a column never chose that level.
+    """
+    columns = {"count": pd.Series(long_tail, dtype=float).value_counts()}
+    for method, result in fewshot.items():
+        for k, counts in result.get("chosen_r", {}).items():
+            columns[f"{method}_{k}"] = pd.Series({int(r[1:]) / 100: n for r, n in counts.items()}, dtype=float)
+    return pd.concat(columns, axis=1).sort_index().fillna(0).astype(int).rename_axis("r").reset_index()
