@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -241,7 +240,3 @@ def mix_images(x: torch.Tensor, other: torch.Tensor, lam: float, kind: str, gen:
 def select_rows(manifest: pd.DataFrame, episode: int, shots: int) -> pd.DataFrame:
     """The rows of a generated set that extend one episode's ``shots``-shot support."""
     return manifest[(manifest["episode"] == episode) & (manifest["min_shots"] <= shots)]
-
-
-def per_class_counts(rows: pd.DataFrame) -> list[int]:
-    return sorted(set(np.bincount(rows["target"].astype(int)).tolist()) - {0})
