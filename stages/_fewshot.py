@@ -31,6 +31,16 @@ def embed_files(model, folder: Path, images: list[str], channels: int, chunk: in
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def features_by_image(model, folder: Path, images: list[str], channels: int) -> dict[str, np.ndarray]:
+    """{image: (D,) backbone feature} for image files relative to ``folder``."""
+    return dict(zip(images, embed_files(model, folder, images, channels), strict=True))
+
+
+def episode_features(model, folder: Path, episodes: pd.DataFrame, channels: int) -> dict[str, np.ndarray]:
+    """Features of every support and query image of the episodes (prepared images in ``folder``)."""
+    return features_by_image(model, folder, sorted(set(episodes["image"])), channels)
+
+
 def oracle_accuracy(oracle, folder: Path, rows: pd.DataFrame, channels: int) -> float:
     """Share of the generated ``rows`` that the independent oracle classifies as their label."""
     logits = predict(oracle, load_rows(folder, rows, channels).float() / 255)[0]

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _fewshot import ADA_CHOICES, BACKBONE, embed_files, oracle_accuracy, read_episodes
+from _fewshot import ADA_CHOICES, BACKBONE, episode_features, features_by_image, oracle_accuracy, read_episodes
 
 from tailsynth.data.episodes import support
-from tailsynth.data.manifest import image_shape
+from tailsynth.data.manifest import image_shape, load_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import write_json
 from tailsynth.methods.episodic import AUGMENT_KINDS, augmented_support, select_rows
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.synth.plan import read_synthetic
-from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
+from tailsynth.train.fewshot import evaluate_episodes, level_key, mean_ci95
 
 from _common import device, load_params, log, prepared_dir, stage
 
@@ -36,25 +36,34 @@ def main(method: str) -> None:
     channels, _ = image_shape(folder)
     episodes = read_episodes()
     backbone = load_classifier(BACKBONE, device())
-    images = sorted(set(episodes["image"]))
-    features = dict(zip(images, embed_files(backbone, folder, images, channels), strict=True))
+    features = episode_features(backbone, folder, episodes, channels)
     result: dict = {}
     source = Path(params["fewshot_methods"][method]["input"])
     if method in AUGMENT_KINDS:
-        extras = augment_extras(method, params["augment"].get(method, {}), episodes, folder, channels, backbone, ways)
+        extras = augment_extras(
+            method,
+            params["augment"].get(method, {}),
+            episodes,
+            folder,
+            channels,
+            backbone,
+            ways,
+            seed=params["fewshot"]["seed"],
+        )
     else:
         rows = read_synthetic(source)
         if (source / ADA_CHOICES).is_file():  # GeNIe-Ada: the chosen level of each pair, per shot count
             choices = pd.read_csv(source / ADA_CHOICES)
             used = rows[rows["image"].isin(choices["image"])]
             result["chosen_r"] = {
-                f"{k}shot": {f"r{round(r * 100)}": int(n) for r, n in g["chosen_r"].value_counts().sort_index().items()}
+                f"{k}shot": {level_key(r): int(n) for r, n in g["chosen_r"].value_counts().sort_index().items()}
                 for k, g in choices.groupby("shots")
             }
+            by_image = rows.set_index("image")
 
             def pick(e: int, k: int) -> pd.DataFrame:
                 chosen = choices[(choices["episode"] == e) & (choices["shots"] == k)]
-                return rows.set_index("image").loc[chosen["image"]].reset_index()
+                return by_image.loc[chosen["image"]].reset_index()
 
         else:
             used = rows
@@ -62,9 +71,7 @@ def main(method: str) -> None:
             def pick(e: int, k: int) -> pd.DataFrame:
                 return select_rows(rows, e, k)
 
-        gen_features = dict(
-            zip(used["image"], embed_files(backbone, source, used["image"].tolist(), channels), strict=True)
-        )
+        gen_features = features_by_image(backbone, source, used["image"].tolist(), channels)
         extras = generated_extras(pick, gen_features, ways)
         result["oracle_acc"] = oracle_accuracy(load_classifier("models/oracle", device()), source, used, channels)
         result["n_synthetic"] = int(len(used))
@@ -93,10 +100,8 @@ def generated_extras(pick, gen_features: dict, ways: int):
 
 
 def augment_extras(
-    method: str, section: dict, episodes: pd.DataFrame, folder: Path, channels: int, backbone, ways: int
+    method: str, section: dict, episodes: pd.DataFrame, folder: Path, channels: int, backbone, ways: int, seed: int
 ):
-    from tailsynth.data.manifest import load_rows
-
     def extras(e: int, k: int):
         if method == "none":
             return np.zeros((0, 1)), np.zeros(0, dtype=np.int64)
@@ -109,7 +114,7 @@ def augment_extras(
             names,
             method,
             copies=ways - 1,
-            seed=0,
+            seed=seed,
             alpha=float(section.get("alpha", 1.0)),
             hflip=bool(section.get("hflip", False)),
         )

@@ -7,14 +7,15 @@ and the plot table metrics/plots/r_sweep.csv.
 """
 
 import numpy as np
-from _fewshot import BACKBONE, SYNTHETIC, embed_files, oracle_accuracy, read_episodes
+import pandas as pd
+from _fewshot import BACKBONE, SYNTHETIC, episode_features, features_by_image, oracle_accuracy, read_episodes
 
 from tailsynth.data.manifest import image_shape
 from tailsynth.io import atomic_write_text, write_json
 from tailsynth.methods.episodic import select_rows
 from tailsynth.models.classifier import load_classifier
 from tailsynth.synth.plan import read_synthetic
-from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
+from tailsynth.train.fewshot import evaluate_episodes, level_key, mean_ci95
 
 from _common import device, load_params, log, prepared_dir, stage
 
@@ -28,13 +29,10 @@ def main() -> None:
     episodes = read_episodes()
     backbone = load_classifier(BACKBONE, device())
     oracle = load_classifier("models/oracle", device())
-    images = sorted(set(episodes["image"]))
-    features = dict(zip(images, embed_files(backbone, folder, images, channels), strict=True))
+    features = episode_features(backbone, folder, episodes, channels)
     source = SYNTHETIC / "genie_ada"
     rows = read_synthetic(source)
-    gen_features = dict(
-        zip(rows["image"], embed_files(backbone, source, rows["image"].tolist(), channels), strict=True)
-    )
+    gen_features = features_by_image(backbone, source, rows["image"].tolist(), channels)
     result, table = {}, []
     for r in sorted(set(rows["r"].astype(float))):
         level = rows[rows["r"].astype(float) == r]
@@ -46,7 +44,7 @@ def main() -> None:
         accs = evaluate_episodes(episodes, shots, features, extras, c=p["c"], max_iter=p["max_iter"])
         entry = {"r": r, "oracle_acc": oracle_accuracy(oracle, source, level, channels)}
         entry.update({f"{k}shot": mean_ci95(a) for k, a in accs.items()})
-        result[f"r{round(r * 100)}"] = entry
+        result[level_key(r)] = entry
         table.append(
             {"r": r, "oracle_acc": entry["oracle_acc"], **{f"acc_{k}shot": entry[f"{k}shot"]["mean"] for k in shots}}
         )
@@ -54,8 +52,6 @@ def main() -> None:
             "r %.2f: oracle %.3f, %s", r, entry["oracle_acc"], {k: round(float(np.mean(a)), 4) for k, a in accs.items()}
         )
     write_json("metrics/fewshot/r_sweep.json", result)
-    import pandas as pd
-
     atomic_write_text("metrics/plots/r_sweep.csv", pd.DataFrame(table).to_csv(index=False))
 
 

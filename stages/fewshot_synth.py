@@ -16,7 +16,7 @@ from tailsynth.data.manifest import image_shape, read_classes
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text
 from tailsynth.methods.episodic import ada_choices, plan_episodic
-from tailsynth.methods.generated import check_spec
+from tailsynth.methods.generated import check_noise_ratio, check_spec
 from tailsynth.methods.genie import check_grid
 from tailsynth.models.classifier import load_classifier
 from tailsynth.synth.plan import finalize_rows
@@ -27,21 +27,17 @@ from _synth import Synthesis, source_hashes, source_loader
 
 def generation_spec(params: dict, method: str, steps: int) -> tuple[str, list[float]]:
     """(kind, noise levels) of a generated few-shot method, checked against its params."""
+    where = "fewshot_synth.steps"
     if method == "genie":
-        r = params["genie"]["r"]
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-            raise TailsynthError(f"genie.r must be a number in (0, 1], got {r!r}")
-        if int(r * steps) < 1:
-            raise TailsynthError(f"genie.r = {r} gives no denoising step with fewshot_synth.steps = {steps}")
-        return "genie", [float(r)]
+        return "genie", [check_noise_ratio(params["genie"]["r"], steps, param="genie.r", steps_param=where)]
     if method == "genie_ada":
-        return "genie", check_grid(params["genie"]["ada"]["grid"], steps)
+        return "genie", check_grid(params["genie"]["ada"]["grid"], steps, steps_param=where)
     spec = params["synth"].get(method)
     if not isinstance(spec, dict):
         raise TailsynthError(
             f"unknown generated few-shot method {method!r}: use genie, genie_ada or a synth.<method> section"
         )
-    check_spec(method, spec, steps)
+    check_spec(method, spec, steps, steps_param=where)
     return spec["mode"], [float(spec.get("r", 1.0))]
 
 

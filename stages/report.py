@@ -19,6 +19,7 @@ from tailsynth.report.summary import (
     sweep_markdown,
 )
 from tailsynth.synth.plan import MANIFEST, read_synthetic
+from tailsynth.train.fewshot import level_from_key
 
 from _common import load_params, log, prepared_dir, stage
 
@@ -61,7 +62,7 @@ def main() -> None:
         text += "\n" + sweep_markdown(read_json("metrics/fewshot/r_sweep.json"), shots)
     for method, result in fewshot.items():
         for k, counts in result.get("chosen_r", {}).items():
-            text += f"\n{method} {k} chosen r: " + ", ".join(f"{int(r[1:]) / 100:g}: {n}" for r, n in counts.items())
+            text += f"\n{method} {k} chosen r: " + ", ".join(f"{level_from_key(r):g}: {n}" for r, n in counts.items())
     text += "\n"
     if Path("metrics/generator.json").is_file():
         g = read_json("metrics/generator.json")

@@ -22,6 +22,7 @@ import torch
 
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import _beta, strong_transform, weak_transform
+from tailsynth.methods.generated import check_noise_ratio
 from tailsynth.methods.genie import ada_choice, ada_projections, l2_normalize
 from tailsynth.seeding import derive_seed
 from tailsynth.synth.plan import prompt_for
@@ -54,10 +55,9 @@ def plan_episodic(
     if kind not in KINDS:
         raise TailsynthError(f"unknown few-shot generation kind {kind!r}; use one of {', '.join(KINDS)}")
     for r in levels:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-            raise TailsynthError(f"noise ratio for {method} must be in (0, 1], got {r!r}")
-        if kind != "txt2img" and int(r * steps) < 1:
-            raise TailsynthError(f"noise ratio {r} for {method} gives no denoising step with fewshot.steps = {steps}")
+        check_noise_ratio(
+            r, None if kind == "txt2img" else steps, param=f"noise ratio of {method}", steps_param="steps"
+        )
     info = {c["index"]: c for c in classes}
     hashes = source_hashes or {}
     rows: list[dict] = []

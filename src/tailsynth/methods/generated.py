@@ -17,17 +17,23 @@ from tailsynth.synth.plan import prompt_for
 MODES = ("txt2img", "img2img")
 
 
-def check_spec(method: str, spec: dict, steps: int | None = None) -> None:
+def check_noise_ratio(r, steps: int | None, *, param: str, steps_param: str) -> float:
+    """``r`` as a float; a clear error naming ``param`` when it is outside (0, 1] or, with
+    ``steps`` (named ``steps_param``), when ⌊r·steps⌋ leaves no denoising step (img2img ``strength``)."""
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+        raise TailsynthError(f"{param} must be a number in (0, 1], got {r!r}")
+    if steps is not None and int(r * steps) < 1:
+        raise TailsynthError(f"{param} = {r} gives no denoising step with {steps_param} = {steps}")
+    return float(r)
+
+
+def check_spec(method: str, spec: dict, steps: int | None = None, steps_param: str = "synth.steps") -> None:
     """Raise a clear error for an unknown mode, an r outside (0, 1], or an r too small for ``steps``."""
     mode = spec.get("mode")
     if mode not in MODES:
         raise TailsynthError(f"synth.{method}.mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "img2img":
-        r = spec.get("r")
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-            raise TailsynthError(f"synth.{method}.r must be a number in (0, 1], got {r!r}")
-        if steps is not None and int(r * steps) < 1:
-            raise TailsynthError(f"synth.{method}.r = {r} gives no denoising step with synth.steps = {steps}")
+        check_noise_ratio(spec.get("r"), steps, param=f"synth.{method}.r", steps_param=steps_param)
 
 
 def target_classes(classes: list[dict], buckets: list[str]) -> list[dict]:

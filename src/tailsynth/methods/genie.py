@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from tailsynth.errors import TailsynthError
-from tailsynth.methods.generated import target_classes
+from tailsynth.methods.generated import check_noise_ratio, target_classes
 from tailsynth.seeding import derive_seed
 from tailsynth.synth.plan import prompt_for
 
@@ -34,17 +34,14 @@ def confused_classes(confusion: np.ndarray, target: int, top_k: int) -> list[int
     return order[:top_k]
 
 
-def check_grid(grid: list[float], steps: int) -> list[float]:
+def check_grid(grid: list[float], steps: int, steps_param: str = "genie.steps") -> list[float]:
     """A sorted copy of the Ada noise grid; clear errors for an empty grid or levels outside (0, 1]."""
     if not grid:
         raise TailsynthError("genie.ada.grid is empty; give at least two noise levels, e.g. [0.5, 0.6, 0.7, 0.8, 0.9]")
     if len(grid) < 2:
         raise TailsynthError("genie.ada.grid needs at least two levels (the first one can never be chosen)")
     for r in grid:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-            raise TailsynthError(f"genie.ada.grid levels must be numbers in (0, 1], got {r!r}")
-        if int(r * steps) < 1:
-            raise TailsynthError(f"genie.ada.grid level {r} gives no denoising step with genie.steps = {steps}")
+        check_noise_ratio(r, steps, param="genie.ada.grid levels", steps_param=steps_param)
     if len(set(grid)) != len(grid):
         raise TailsynthError(f"genie.ada.grid has repeated levels: {grid}")
     return sorted(float(r) for r in grid)
@@ -73,10 +70,8 @@ def plan_genie_long_tail(
     most confused with the target, then one of that class's train images. ``r`` is a noise
     ratio in (0, 1], or ``"ada"`` for rows whose ratio GeNIe-Ada chooses.
     """
-    if r != "ada" and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1):
-        raise TailsynthError(f"genie.r must be a number in (0, 1], got {r!r}")
-    if r != "ada" and int(r * steps) < 1:
-        raise TailsynthError(f"genie.r = {r} gives no denoising step with genie.steps = {steps}")
+    if r != "ada":
+        check_noise_ratio(r, steps, param="genie.r", steps_param="genie.steps")
     if per_class < 1:
         raise TailsynthError(f"genie.per_class must be >= 1, got {per_class}")
     targets = target_classes(classes, buckets)

@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from tailsynth.train.fewshot import level_from_key
+
 ACC_COLUMNS = ("overall", "many", "medium", "few")
 SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "fid", "n_synthetic")
 
@@ -116,5 +118,5 @@ def chosen_r_table(long_tail: list[float], fewshot: dict[str, dict]) -> pd.DataF
     columns = {"count": pd.Series(long_tail, dtype=float).value_counts()}
     for method, result in fewshot.items():
         for k, counts in result.get("chosen_r", {}).items():
-            columns[f"{method}_{k}"] = pd.Series({int(r[1:]) / 100: n for r, n in counts.items()}, dtype=float)
+            columns[f"{method}_{k}"] = pd.Series({level_from_key(r): n for r, n in counts.items()}, dtype=float)
     return pd.concat(columns, axis=1).sort_index().fillna(0).astype(int).rename_axis("r").reset_index()
