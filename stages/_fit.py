@@ -20,7 +20,6 @@ def fit_from_params(
         batch_size=section["batch_size"],
         lr=section["lr"],
         balanced=section.get("balanced", True),
-        num_workers=section.get("num_workers", 0),
     )
     with progress_bar(config.steps, f"train {section['arch']} seed {seed}") as bar:
         return fit_classifier(

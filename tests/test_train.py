@@ -2,9 +2,18 @@ import pytest
 import torch
 
 from tailsynth.errors import TailsynthError
-from tailsynth.methods.augment import AUGMENT_METHODS, cutmix, mixup, strong_transform, training_augmentation
+from tailsynth.io import read_json, write_json
+from tailsynth.methods.augment import (
+    AUGMENT_METHODS,
+    augment_batch,
+    cutmix,
+    mixup,
+    strong_transform,
+    training_augmentation,
+    weak_transform,
+)
 from tailsynth.models.classifier import build_classifier, load_classifier, predict, save_classifier
-from tailsynth.train.fit import FitConfig, class_balanced_weights, fit_classifier
+from tailsynth.train.fit import FitConfig, class_balanced_weights, draw_generators, fit_classifier
 
 
 def toy_data(n=120, seed=0):
@@ -32,6 +41,41 @@ def test_augmentations_keep_shape_range_and_are_seeded(method):
         xb, target = batch_transform(x, y, torch.Generator().manual_seed(0))
         assert xb.shape == x.shape and target.shape == (8, 3)
         assert torch.allclose(target.sum(1), torch.ones(8))
+
+
+def gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+@pytest.mark.parametrize("make", [weak_transform, strong_transform])
+def test_batched_augmentation_equals_per_image_whatever_the_batch(make, hflip):
+    # Exact equality: each image's parameters come from its own generator, and the warp, the
+    # jitter and the erasing compute every image independently of the others in the batch.
+    aug = make(hflip)
+    x = torch.rand(24, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    seeds = range(100, 124)
+    batched = aug.batch(x, gens(seeds))
+    one_by_one = torch.stack([aug(x[i], g) for i, g in enumerate(gens(seeds))])
+    assert torch.equal(batched, one_by_one)
+    halves = torch.cat([aug.batch(x[:7], gens(seeds[:7])), aug.batch(x[7:], gens(seeds[7:]))])
+    assert torch.equal(batched, halves)
+    assert not torch.equal(batched[0], batched[1]) and 0 <= batched.min() and batched.max() <= 1
+    # A plain per-image callable goes through the same helper, image by image.
+    assert torch.equal(augment_batch(lambda im, g: aug(im, g), x, gens(seeds)), batched)
+    if make is strong_transform:  # the batch covers both branches of the random erasing
+        erased = [aug.draw(g, (20, 20))[3][2] > 0 for g in gens(seeds)]
+        assert any(erased) and not all(erased)
+
+
+def test_per_image_transforms_consume_the_generator_as_scalar_draws():
+    # Augmented few-shot supports depend on this stream: 5 uniforms per affine warp (6 with hflip),
+    # drawn in one call; the generator must end where five scalar draws would leave it.
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    weak_transform(hflip=False)(torch.rand(1, 8, 8), g1)
+    for _ in range(5):
+        torch.rand((), generator=g2)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
 
 
 def test_mixup_and_cutmix_mix_labels_in_proportion():
@@ -74,6 +118,44 @@ def test_fit_learns_is_deterministic_and_round_trips(tmp_path):
     save_classifier(models[0], tmp_path / "clf")
     again = load_classifier(tmp_path / "clf")
     assert torch.allclose(predict(again, xt)[0], logits)
+
+
+@pytest.mark.parametrize("method", ["weak", "strong", "cutmix"])
+def test_fit_is_independent_of_how_the_augmentation_is_batched(method):
+    x, y = toy_data(48)
+    x = (x * 255).round().to(torch.uint8)
+    transform, batch_transform = training_augmentation(method, 3, {"alpha": 1.0})
+    cfg = FitConfig(steps=6, batch_size=16, warmup_steps=2)
+    states = []
+    for t in (transform, lambda im, g: transform(im, g)):  # the batched path, then image by image
+        m = build_classifier("small_cnn", 3, 1, 12, width=4, seed=1)
+        fit_classifier(m, x, y, cfg, seed=2, transform=t, batch_transform=batch_transform)
+        states.append(m.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_draw_generators_are_keyed_by_seed_and_draw_number():
+    a, b = draw_generators(3, 10, 12), draw_generators(3, 11, 13)
+    assert torch.equal(torch.rand(4, generator=a[1]), torch.rand(4, generator=b[0]))
+    assert not torch.equal(torch.rand(4, generator=draw_generators(4, 10, 11)[0]), torch.rand(4, generator=a[0]))
+
+
+def test_small_cnn_accepts_other_sizes_and_channels():
+    for channels, size in ((3, 24), (1, 8), (3, 64)):
+        m = build_classifier("small_cnn", 5, channels, size, width=8)
+        logits, feats = predict(m, torch.rand(2, channels, size, size))
+        assert logits.shape == (2, 5) and feats.shape == (2, 32)
+
+
+def test_small_cnn_folders_without_stem_stride_load_as_the_stride_1_variant(tmp_path):
+    # Same weight names and shapes in both variants: an older folder must not load into the stride-2 stem.
+    model = build_classifier("small_cnn", 3, 1, 12, width=4)
+    assert model.config["stem_stride"] == 2 and model.net.features[0][0].stride == (2, 2)
+    save_classifier(model, tmp_path / "clf")
+    cfg = read_json(tmp_path / "clf" / "config.json")
+    del cfg["stem_stride"]
+    write_json(tmp_path / "clf" / "config.json", cfg)
+    assert load_classifier(tmp_path / "clf").net.features[0][0].stride == (1, 1)
 
 
 def test_load_classifier_error_names_folder(tmp_path):

@@ -20,17 +20,25 @@ ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50")
 
 
 class SmallCNN(nn.Module):
-    """Three conv stages and global pooling; ``width`` channels in the first stage."""
+    """A stride-2 stem, three conv stages and global pooling; ``width`` channels in the stem and first stage.
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.1):
+    (N, C, H, W) -> features (N, 4 * width) -> logits (N, K); stages at H/2 (width), H/4 (2 * width)
+    and H/8 (4 * width), so inputs need H, W >= 8. The stem halves the resolution at once, as
+    ResNet stems do: 3x3 convolutions at full resolution cost the most and add little (the
+    embedded digits are 8x8 images upsampled to 32x32). ``stem_stride=1`` is the earlier
+    variant, all stages at full, 1/2 and 1/4 resolution (same weights' names and shapes).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.1, stem_stride: int = 2):
         super().__init__()
 
-        def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+        def block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+            conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU())
 
         w = width
         self.features = nn.Sequential(
-            block(in_channels, w),
+            block(in_channels, w, stride=stem_stride),
             block(w, w),
             nn.MaxPool2d(2),
             block(w, 2 * w),
@@ -81,7 +89,10 @@ class Classifier(nn.Module):
         self.config = dict(config)
         arch, c, k = config["arch"], config["in_channels"], config["num_classes"]
         if arch == "small_cnn":
-            self.net: nn.Module = SmallCNN(c, k, width=config.get("width", 32))
+            # Folders saved before the stride-2 stem have no stem_stride: they hold the stride-1 variant.
+            self.net: nn.Module = SmallCNN(
+                c, k, width=config.get("width", 32), stem_stride=config.get("stem_stride", 1)
+            )
         elif arch in ARCHS:
             self.net = TorchvisionNet(arch, c, k)
         else:
@@ -124,6 +135,8 @@ def build_classifier(
         "mean": mean or [0.5] * in_channels,
         "std": std or [0.5] * in_channels,
     }
+    if arch == "small_cnn":
+        cfg["stem_stride"] = 2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Classifier(cfg)

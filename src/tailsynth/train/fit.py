@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
+from tailsynth.methods.augment import augment_batch
 from tailsynth.models.classifier import Classifier
 
 ImageTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -28,35 +29,31 @@ class FitConfig:
     warmup_steps: int = 50
     balanced: bool = True
     label_smoothing: float = 0.0
-    num_workers: int = 0
-
-
-class _Draws(Dataset):
-    """Item n is the n-th draw of the sampler, augmented with a generator seeded by (seed, n).
-
-    Keying the randomness by draw number keeps runs identical whatever the number of workers.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, draws: torch.Tensor, transform, seed: int):
-        self.images, self.labels, self.draws, self.transform, self.seed = images, labels, draws, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.draws)
-
-    def __getitem__(self, n: int):
-        i = int(self.draws[n])
-        x = self.images[i]
-        if x.dtype == torch.uint8:
-            x = x.float() / 255
-        if self.transform is not None:
-            x = self.transform(x, torch.Generator().manual_seed(self.seed * 1_000_003 + n))
-        return x, self.labels[i]
 
 
 def class_balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-sample weights 1/count(label): every class is drawn equally often."""
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
     return 1.0 / counts[labels]
+
+
+def draw_indices(labels: torch.Tensor, num_classes: int, config: FitConfig, gen: torch.Generator) -> torch.Tensor:
+    """Indices into ``labels`` of every draw of the run, (steps * batch_size,): draw n is image ``out[n]``."""
+    n_draws = config.steps * config.batch_size
+    if config.balanced:
+        weights = class_balanced_weights(labels, num_classes)
+        sampler = WeightedRandomSampler(weights, n_draws, replacement=True, generator=gen)
+    else:
+        sampler = RandomSampler(labels, replacement=True, num_samples=n_draws, generator=gen)
+    return torch.tensor(list(sampler), dtype=torch.int64)
+
+
+def draw_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
+    """The generators of draws ``start`` .. ``stop - 1``: draw n's augmentation is seeded by (seed, n) only.
+
+    Keying the randomness by draw number keeps runs identical whatever the batching of the augmentation.
+    """
+    return [torch.Generator().manual_seed(seed * 1_000_003 + n) for n in range(start, stop)]
 
 
 def fit_classifier(
@@ -73,26 +70,19 @@ def fit_classifier(
 ) -> Classifier:
     """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1]) and ``labels`` (N,).
 
-    ``transform`` augments one image; ``batch_transform`` (CutMix, MixUp) maps a batch and its
-    integer labels to a batch and soft labels (N, K). Returns the model in eval mode.
+    ``transform`` augments one image (an :class:`~tailsynth.methods.augment.Augmentation` runs
+    on the whole batch at once, on ``device``); ``batch_transform`` (CutMix, MixUp) maps a batch
+    and its integer labels to a batch and soft labels (N, K). ``images`` may stay on the CPU:
+    each batch is gathered there and moved to ``device``. Returns the model in eval mode.
     """
     torch.manual_seed(seed)
     k = model.config["num_classes"]
-    gen = torch.Generator().manual_seed(seed)
-    n_draws = config.steps * config.batch_size
-    if config.balanced:
-        sampler = WeightedRandomSampler(class_balanced_weights(labels, k), n_draws, replacement=True, generator=gen)
-    else:
-        sampler = torch.utils.data.RandomSampler(labels, replacement=True, num_samples=n_draws, generator=gen)
-    draws = torch.tensor(list(sampler), dtype=torch.int64)
-    loader = DataLoader(
-        _Draws(images, labels, draws, transform, seed),
-        batch_size=config.batch_size,
-        shuffle=False,
-        num_workers=config.num_workers,
-    )
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    draws = draw_indices(labels, k, config, torch.Generator().manual_seed(seed))
+    # channels_last (NHWC): oneDNN's CPU convolutions run faster in it (about 1.3x on the retrain step).
+    model.to(device, memory_format=torch.channels_last).train()
+    # The fused AdamW (one kernel for all parameters) saves most of the optimiser's per-tensor overhead.
+    fused = torch.device(device).type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
@@ -102,16 +92,20 @@ def fit_classifier(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     batch_gen = torch.Generator().manual_seed(seed + 17)
-    for step, (x, y) in enumerate(loader):
-        if step >= config.steps:
-            break
+    for step in range(config.steps):
+        start = step * config.batch_size
+        idx = draws[start : start + config.batch_size]
+        x, y = images[idx].to(device), labels[idx].to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        if transform is not None:
+            x = augment_batch(transform, x, draw_generators(seed, start, start + len(idx)))
         if batch_transform is not None:
             x, target = batch_transform(x, y, batch_gen)
         else:
             target = F.one_hot(y, k).float()
         if config.label_smoothing:
             target = target * (1 - config.label_smoothing) + config.label_smoothing / k
-        x, target = x.to(device), target.to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
         loss = torch.sum(-target * F.log_softmax(model(x), dim=1), dim=1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
