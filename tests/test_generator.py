@@ -37,12 +37,27 @@ def trained_pipeline_dir(tmp_path_factory):
     labels = torch.arange(24) % 2
     comp = gen.build_small_ldm(PROMPTS[:2], TINY, seed=0)
     losses = []
-    gen.train_vae(comp["vae"], images, steps=12, batch_size=8, lr=3e-3, callback=lambda s, v: losses.append(v))
-    assert sum(losses[-3:]) < sum(losses[:3])  # reconstruction improves
+    result = gen.train_vae(
+        comp["vae"], images, steps=12, batch_size=8, lr=3e-3, log_every=3, callback=lambda s, v: losses.append(v)
+    )
+    assert len(losses) == 4 and losses[-1] < losses[0]  # one mean per window of 3 steps; reconstruction improves
+    assert result.steps == 12 and result.loss == losses[-1]
     mean, std = gen.encode_latents(comp["vae"], images)
     scale = gen.set_latent_scaling(comp["vae"], mean)
     assert scale == pytest.approx(1 / mean.std().item(), rel=1e-4)
-    gen.train_denoiser(comp, mean, std, [PROMPTS[y] for y in labels], steps=3, batch_size=8, warmup_steps=1)
+    seen = []
+    result = gen.train_denoiser(
+        comp,
+        mean,
+        std,
+        [PROMPTS[y] for y in labels],
+        steps=3,
+        batch_size=8,
+        warmup_steps=1,
+        log_every=2,
+        callback=lambda s, v: seen.append(s),
+    )
+    assert seen == [1, 2] and result.steps == 3 and result.loss > 0  # windows of 2 steps, the last one partial
     folder = tmp_path_factory.mktemp("gen")
     gen.assemble_pipeline(comp).save_pretrained(folder, safe_serialization=True)
     return folder
@@ -91,3 +106,84 @@ def test_long_class_names_widen_the_text_encoder():
 def test_image_size_must_fit_the_vae():
     with pytest.raises(TailsynthError, match="data.size must be a multiple of 2"):
         gen.build_small_ldm(PROMPTS, gen.SmallLDMConfig(image_size=15, vae_channels=(8, 16), vae_norm_groups=4), seed=0)
+
+
+def test_train_vae_stops_at_the_target_mse_or_the_step_cap():
+    images = torch.rand(16, 1, 16, 16)
+    comp = gen.build_small_ldm(PROMPTS[:2], TINY, seed=0)
+    easy = gen.train_vae(comp["vae"], images, steps=40, batch_size=8, target_mse=10.0, log_every=3)
+    assert easy.steps == 3  # the first window meets any MSE <= 10
+    comp = gen.build_small_ldm(PROMPTS[:2], TINY, seed=0)
+    never = gen.train_vae(comp["vae"], images, steps=5, batch_size=8, target_mse=0.0, log_every=2)
+    assert never.steps == 5  # an unreachable target runs to the step cap
+
+
+def test_denoiser_runs_the_text_encoder_once_per_distinct_prompt():
+    comp = gen.build_small_ldm(PROMPTS[:2], TINY, seed=0)
+    comp["vae"].register_to_config(scaling_factor=1.0)
+    batches = []
+    comp["text_encoder"].register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
+    prompts = [PROMPTS[i % 2] for i in range(16)]
+    gen.train_denoiser(comp, torch.randn(16, 4, 4, 4), torch.rand(16, 4, 4, 4), prompts, steps=2, batch_size=16)
+    assert batches and all(n <= 3 for n in batches)  # two prompts and the empty one, not 16 rows
+
+
+def test_generator_stage_output_is_byte_identical_across_runs(tmp_path):
+    """The folder's digest keys every synthetic image: a re-run with the same inputs must not change a byte."""
+    import shutil
+    import sys
+
+    import yaml
+    from pipeline_utils import ROOT, deep_update, run
+
+    from tailsynth.io import folder_digest
+
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    small = {"max_per_class": 12, "test_per_class": 2, "val_per_class": 1}
+    tiny = {"vae": {"steps": 3, "batch_size": 16}, "unet": {"steps": 3, "batch_size": 16, "warmup_steps": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_update(params, {"data": small, "generator": tiny})))
+    run([sys.executable, "stages/prepare.py"], tmp_path)
+    out = tmp_path / "models" / "generator"
+    logs, contents, digests = [], [], []
+    for _ in range(2):
+        logs.append(run([sys.executable, "stages/generator.py"], tmp_path).stderr)
+        contents.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+        digests.append(folder_digest(out))
+    (first, second), (digest, digest_again), log = contents, digests, logs[0]
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
+    assert digest == digest_again
+    info = yaml.safe_load((out / "tailsynth.json").read_text())
+    assert not [k for k in info if "seconds" in k or "time" in k]  # timings are not in the folder ...
+    assert "generator timings" in log  # ... but in the log
+
+
+def test_load_error_keeps_the_whole_reason_on_one_line(monkeypatch):
+    reason = "Cannot reach the hub.\n" + "x" * 300 + " and the file unet/config.json is not in the local cache"
+
+    def offline(*args, **kwargs):
+        raise OSError(reason)
+
+    monkeypatch.setattr(gen.StableDiffusionPipeline, "from_pretrained", offline)
+    with pytest.raises(TailsynthError) as err:
+        gen.load_pipeline("some/model-id")
+    message = str(err.value)
+    assert "unet/config.json is not in the local cache" in message and "\n" not in message
+    assert "some/model-id" in message and "generator.model" in message
+
+
+def test_pickled_weights_are_refused(trained_pipeline_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "pickled"
+    shutil.copytree(trained_pipeline_dir, copy)
+    for weights in copy.rglob("*.safetensors"):  # the same weights, as pickle files
+        name = "pytorch_model.bin" if weights.name == "model.safetensors" else "diffusion_pytorch_model.bin"
+        torch.save(load_file(str(weights)), weights.with_name(name))
+        weights.unlink()
+    with pytest.raises(TailsynthError, match="could not be loaded"):
+        gen.load_pipeline(str(copy))
+    assert gen.load_pipeline(str(trained_pipeline_dir)) is not None

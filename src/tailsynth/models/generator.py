@@ -47,7 +47,9 @@ def build_small_ldm(prompts: Sequence[str], config: SmallLDMConfig, seed: int = 
     n_down = len(config.vae_channels)
     factor = 2 ** (n_down - 1)
     if config.image_size % factor:
-        raise TailsynthError(f"data.size must be a multiple of {factor} for the embedded generator, got {config.image_size}")
+        raise TailsynthError(
+            f"data.size must be a multiple of {factor} for the embedded generator, got {config.image_size}"
+        )
     max_length = max(config.max_length, max(prompt_length(p) for p in [*prompts, ""]))
     vae = AutoencoderKL(
         in_channels=config.channels,
@@ -122,6 +124,14 @@ def _lr_lambda(warmup: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / max(1, warmup))
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run ended with: ``loss`` (mean of the last logging window) and ``steps`` run."""
+
+    loss: float
+    steps: int
+
+
 def train_vae(
     vae: AutoencoderKL,
     images: torch.Tensor,
@@ -130,12 +140,18 @@ def train_vae(
     batch_size: int = 64,
     lr: float = 1e-3,
     kl_weight: float = 1e-4,
+    target_mse: float | None = None,
+    log_every: int = 25,
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
-) -> float:
-    """Train ``vae`` in place on ``images`` (N, C, H, W) in [0, 1]; return the last reconstruction MSE.
+) -> TrainResult:
+    """Train ``vae`` in place on ``images`` (N, C, H, W) in [0, 1].
 
+    Runs ``steps`` steps, or stops earlier after the first window of ``log_every`` steps whose
+    mean reconstruction MSE (on the [0, 1] scale) is at most ``target_mse``: simple images stop
+    early, detailed ones (RGB photos) train up to ``steps``. ``callback(step, mse)`` gets each
+    window's mean MSE; the loss is read back from the device once per window, never per step.
     Random draws come from a CPU generator, so a run repeats on any device.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -143,7 +159,8 @@ def train_vae(
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(100, steps // 10)))
     x_all = images * 2 - 1
-    mse = float("nan")
+    window = torch.zeros((), device=device)
+    mse, done = float("nan"), 0
     for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
         x = x_all[idx].to(device)
         posterior = vae.encode(x).latent_dist
@@ -156,15 +173,29 @@ def train_vae(
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        mse = rec_loss.item() / 4  # MSE on the [0, 1] scale
-        if callback is not None:
-            callback(step, mse)
+        window += rec_loss.detach()
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            mse = _window_mean(window, done, log_every) / 4  # on the [0, 1] scale
+            window.zero_()
+            if callback is not None:
+                callback(step, mse)
+            if target_mse is not None and mse <= target_mse:
+                break
     vae.eval()
-    return mse
+    return TrainResult(mse, done)
+
+
+def _window_mean(window: torch.Tensor, done: int, every: int) -> float:
+    """Mean of the losses summed in ``window`` since the last multiple of ``every`` steps."""
+    n = done % every or every
+    return window.item() / n
 
 
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latents(
+    vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of ``images`` (N, C, H, W) in [0, 1], both (N, c, h, w), unscaled, on the CPU."""
     vae.eval()
     device = next(vae.parameters()).device
@@ -196,15 +227,21 @@ def train_denoiser(
     uncond_prob: float = 0.1,
     ema_decay: float = 0.999,
     train_text_encoder: bool = True,
+    log_every: int = 50,
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
-) -> float:
+) -> TrainResult:
     """Train the UNet (and the text encoder) with the epsilon objective; load their EMA weights at the end.
 
     ``latent_mean``/``latent_std`` (N, c, h, w) are the unscaled VAE posteriors of the N training
     images and ``prompts`` their N prompts. A fraction ``uncond_prob`` of prompts is replaced by
-    the empty prompt so classifier-free guidance works. Returns the mean loss of the last 50 steps.
+    the empty prompt so classifier-free guidance works. The lr warms up over ``warmup_steps``, then
+    stays constant (a decaying lr slowed down learning the prompt conditioning). The text encoder runs once per distinct
+    prompt in a batch (there are few: one per class, and the empty one). ``callback(step, loss)``
+    gets the mean loss of each window of ``log_every`` steps, read back from the device once per
+    window. Returns the mean loss of the last window. Noise, timesteps and batches are drawn on
+    the CPU from a seeded generator, so a run repeats on any device.
     """
     unet, text_encoder, tokenizer, noise_sched = (
         components["unet"],
@@ -214,8 +251,12 @@ def train_denoiser(
     )
     scale = components["vae"].config.scaling_factor
     gen = torch.Generator().manual_seed(seed)
-    ids = _token_ids(tokenizer, list(prompts))
-    empty_ids = _token_ids(tokenizer, [""])
+    # Distinct prompts (and the empty one, last) once; each image keeps the row of its prompt.
+    where = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    prompt_row = torch.tensor([where[p] for p in prompts])
+    distinct = list(where)
+    all_ids = _token_ids(tokenizer, [*distinct, ""])
+    empty_row = len(distinct)
     unet.to(device)
     text_encoder.to(device)
     modules = [unet] + ([text_encoder] if train_text_encoder else [])
@@ -226,18 +267,21 @@ def train_denoiser(
     text_encoder.requires_grad_(train_text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps))
-    recent: list[float] = []
+    ema_params = [list(e.parameters()) for e in ema]
+    live_params = [list(m.parameters()) for m in modules]
+    window = torch.zeros((), device=device)
+    last = float("nan")
     for step, idx in enumerate(_batches(len(latent_mean), batch_size, steps, gen)):
         z0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        zt = noise_sched.add_noise(z0, noise, t)
-        batch_ids = ids[idx].clone()
-        drop = torch.rand(len(idx), generator=gen) < uncond_prob
-        batch_ids[drop] = empty_ids
-        z0, noise, t, batch_ids = z0.to(device), noise.to(device), t.to(device), batch_ids.to(device)
+        zt = noise_sched.add_noise(z0, noise, t)  # on the CPU, as the draws: the same on every device
+        rows = prompt_row[idx].clone()
+        rows[torch.rand(len(idx), generator=gen) < uncond_prob] = empty_row
+        used, rows = torch.unique(rows, return_inverse=True)
+        zt, noise, t = zt.to(device), noise.to(device), t.to(device)
         with torch.set_grad_enabled(train_text_encoder):
-            cond = text_encoder(batch_ids)[0]
+            cond = text_encoder(all_ids[used].to(device))[0][rows.to(device)]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -247,17 +291,21 @@ def train_denoiser(
         sched.step()
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for m, e in zip(modules, ema, strict=True):
-                torch._foreach_lerp_(list(e.parameters()), list(m.parameters()), 1 - decay)
-        recent = (recent + [loss.item()])[-50:]
-        if callback is not None:
-            callback(step, loss.item())
+            for e, m in zip(ema_params, live_params, strict=True):
+                torch._foreach_lerp_(e, m, 1 - decay)
+        window += loss.detach()
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            last = _window_mean(window, done, log_every)
+            window.zero_()
+            if callback is not None:
+                callback(step, last)
     with torch.no_grad():
         for m, e in zip(modules, ema, strict=True):
             m.load_state_dict(e.state_dict())
             m.eval()
     text_encoder.eval()
-    return sum(recent) / max(1, len(recent))
+    return TrainResult(last, steps)
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> torch.Tensor:
@@ -283,13 +331,14 @@ def load_pipeline(
     """
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
+            model, dtype=dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
         )
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, HTTP errors...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # The whole reason on one line: hub errors name the missing file or id late in their message.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
         raise TailsynthError(
-            f"generator model {model!r} could not be loaded ({reason[:200]}); set generator.model to a local "
-            "diffusers folder (with model_index.json) or a hub id that is in the local cache"
+            f"generator model {model!r} could not be loaded: {reason} Set generator.model to a local diffusers "
+            "folder (model_index.json and safetensors weights) or a hub id that is in the local cache."
         ) from exc
     return pipe.to(device)
 
@@ -301,4 +350,3 @@ def pipeline_resolution(pipe: StableDiffusionPipeline) -> int:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
