@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tailsynth.methods.registry import TEXT_KEY
 from tailsynth.models import generator as gen
 from tailsynth.synth.plan import finalize_rows
 from tailsynth.synth.runner import run_plan
@@ -70,7 +71,7 @@ def main() -> None:
         }
         for i in range(args.rows)
     ]
-    plan = finalize_rows(rows, "bench")
+    plan = finalize_rows(rows, "bench", TEXT_KEY)
     sampler.generate([rows[0]["prompt"]], [0], steps=2, cfg=5.0)  # warm-up
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         t_loop = timed_run(sampler, plan, Path(a), 1)

@@ -16,9 +16,24 @@ log = logging.getLogger("tailsynth")
 
 
 def load_params() -> dict:
-    """The whole params.yaml (stage scripts read it; the library never does)."""
-    with open(PARAMS_FILE, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    """The whole params.yaml (stage scripts read it; the library never does); a clear error if it does not parse."""
+    from tailsynth.errors import TailsynthError
+
+    try:
+        with open(PARAMS_FILE, encoding="utf-8") as fh:
+            params = yaml.safe_load(fh)
+    except OSError as exc:
+        raise TailsynthError(
+            f"{PARAMS_FILE}: cannot read it ({exc.strerror}); run the stage from the project root"
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TailsynthError(f"{PARAMS_FILE} is not valid YAML{where}: {problem}; fix that line") from exc
+    if not isinstance(params, dict):
+        raise TailsynthError(f"{PARAMS_FILE} must be a mapping of param sections, got {type(params).__name__}")
+    return params
 
 
 def stage(fn: Callable[..., None]) -> Callable[..., None]:

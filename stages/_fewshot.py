@@ -11,7 +11,6 @@ from tailsynth.models.classifier import predict
 
 EPISODES = Path("data/fewshot/episodes")
 BACKBONE = "models/fewshot_backbone"
-SYNTHETIC = Path("data/fewshot/synthetic")
 ADA_CHOICES = "ada_choices.csv"
 
 

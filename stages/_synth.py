@@ -1,20 +1,23 @@
 """Stage glue shared by synth@<method> and synth_genie@<method>: the sampler on the right device,
 source images, and the sharded, resumable execution of a plan into data/synthetic/<method>/."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from tailsynth.data.manifest import load_rows, resolve_inside
-from tailsynth.io import file_digest, folder_digest
+from tailsynth.data.manifest import load_rows
+from tailsynth.io import folder_digest
+from tailsynth.methods.registry import Method
 from tailsynth.models.generator import load_pipeline
-from tailsynth.synth.runner import finish, run_plan
+from tailsynth.synth.runner import finish, run_plan, write_manifest
 from tailsynth.synth.sampler import LatentDiffusionSampler
 
 from _common import device, log, progress_bar
 
 GENERATOR = "models/generator"
+GENERATOR_INFO = "tailsynth.json"
 
 
 class Synthesis:
@@ -27,8 +30,12 @@ class Synthesis:
         self.device = device() if self.state.device.type == "cpu" else self.state.device
         dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
         self.sampler = LatentDiffusionSampler(load_pipeline(GENERATOR, device=self.device, dtype=dtype), scheduler)
-        # Part of every row key: other weights or another precision never reuse an image.
-        self.generator_id = f"{folder_digest(GENERATOR)}-{dtype}"
+        # The weights and configs (not tailsynth.json, a description of the run) and the precision.
+        self.weights_id = f"{folder_digest(GENERATOR, exclude=(GENERATOR_INFO,))}-{dtype}"
+
+    def generator_id(self, channels: int, size: int) -> str:
+        """Part of every row key: other weights, another precision or another output format never reuse an image."""
+        return f"{self.weights_id}-{channels}x{size}"
 
     def generate(self, batch: pd.DataFrame, sources: torch.Tensor | None, r: float | None = None) -> torch.Tensor:
         """Images for a batch of plan rows; ``sources`` are uint8 source images or None (txt2img)."""
@@ -44,7 +51,8 @@ class Synthesis:
 
     def run(
         self,
-        method: str,
+        method: Method,
+        mode: str,
         plan: pd.DataFrame,
         generate,
         load_sources,
@@ -52,14 +60,16 @@ class Synthesis:
         size: int,
         channels: int,
         batch_size: int,
-        out: Path | None = None,
+        before_manifest: Callable[[pd.DataFrame, Path], None] | None = None,
     ) -> pd.DataFrame | None:
-        """Generate the plan's pending rows (this process's shard); the main process writes the manifest.
+        """Generate the plan's pending rows (this process's shard) into the method's synthetic folder.
 
-        ``out`` defaults to data/synthetic/<method>.
+        The main process then checks the set, calls ``before_manifest(manifest, folder)`` (method
+        extras such as Ada's choices) and writes the manifest last, which marks the set complete.
+        Returns the manifest on the main process, None on the others.
         """
-        out = out or Path("data/synthetic") / method
-        with progress_bar(len(plan), f"synth {method}") as bar:
+        out = method.synthetic_dir(mode)
+        with progress_bar(len(plan), f"synth {method.name}") as bar:
             run_plan(
                 plan,
                 out,
@@ -76,18 +86,16 @@ class Synthesis:
         if not self.state.is_main_process:
             return None
         manifest = finish(plan, out, size)
-        log.info("synth %s: %d images in %s", method, len(plan), out)
+        if before_manifest is not None:
+            before_manifest(manifest, out)
+        write_manifest(manifest, out)
+        log.info("synth %s: %d images in %s", method.name, len(plan), out)
         return manifest
 
 
-def train_source_hashes(folder: Path, manifest: pd.DataFrame) -> dict[str, str]:
-    """Content digests of the train images, the possible sources (they enter the row keys)."""
-    return source_hashes(folder, manifest.loc[manifest["split"] == "train", "image"])
-
-
-def source_hashes(folder: Path, images) -> dict[str, str]:
-    """Content digests of the given prepared images (relative paths)."""
-    return {rel: file_digest(resolve_inside(folder, rel), 12) for rel in images}
+def image_hashes(manifest: pd.DataFrame) -> dict[str, str]:
+    """Content digests of the prepared images (the manifest's ``sha``); a source's digest enters its rows' keys."""
+    return dict(zip(manifest["image"], manifest["sha"], strict=True))
 
 
 def source_loader(folder: Path, channels: int):

@@ -3,53 +3,43 @@
 import sys
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import torch
 
 from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
 from tailsynth.errors import TailsynthError
-from tailsynth.io import write_json
-from tailsynth.metrics.accuracy import bucket_accuracy, mean_std, per_class_accuracy
+from tailsynth.io import atomic_write_text, write_json
+from tailsynth.methods import registry
+from tailsynth.metrics.accuracy import evaluate_runs
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
 from tailsynth.models.classifier import load_classifier, predict
-from tailsynth.synth.plan import MANIFEST, read_synthetic
+from tailsynth.synth.plan import read_synthetic
 
 from _common import device, load_params, log, prepared_dir, stage
 
 
 @stage
 def main(method: str) -> None:
+    m = registry.get(method, registry.LONG_TAIL)
     params = load_params()
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
     test_x, test_y = load_split(folder, "test", channels)
     test_x = test_x.float() / 255
-    y = test_y.numpy()
-    runs = sorted(Path("models/retrain", method).glob("seed*"))
+    runs = sorted(Path("models/retrain", method).glob("seed*"), key=lambda p: int(p.name[4:]))
     if not runs:
         raise TailsynthError(f"no retrained models in models/retrain/{method}; run retrain@{method} first")
-    accs, per_class = [], []
-    for run in runs:
-        pred = predict(load_classifier(run, device()), test_x)[0].argmax(1).numpy()
-        accs.append(bucket_accuracy(pred, y, classes))
-        per_class.append(per_class_accuracy(pred, y, len(classes)))
-    stats = mean_std(accs)
-    result = {
-        "acc": {k: v["mean"] for k, v in stats.items()},
-        "acc_std": {k: v["std"] for k, v in stats.items()},
-        # A class without test images has no accuracy: it is left out, not written as NaN.
-        "per_class_acc": {
-            c["name"]: float(a) for c, a in zip(classes, np.mean(per_class, axis=0), strict=True) if not np.isnan(a)
-        },
-        "n_seeds": len(runs),
-        "n_synthetic": 0,
-    }
-    synthetic = Path("data/synthetic") / method
-    if (synthetic / MANIFEST).is_file():
-        result.update(synthetic_quality(synthetic, test_x, test_y, channels))
+    predictions = [predict(load_classifier(run, device()), test_x)[0].argmax(1).numpy() for run in runs]
+    result, per_seed = evaluate_runs(predictions, test_y.numpy(), classes)
+    result["n_synthetic"] = 0
+    if m.generated:
+        result.update(synthetic_quality(m.synthetic_dir(registry.LONG_TAIL), test_x, test_y, channels))
     log.info("evaluate %s: %s", method, {k: round(v, 4) for k, v in result["acc"].items()})
-    write_json(Path("metrics/evaluate") / f"{method}.json", result)
+    out = Path("metrics/evaluate")
+    seeds = pd.DataFrame([{"seed": int(run.name[4:]), **acc} for run, acc in zip(runs, per_seed, strict=True)])
+    atomic_write_text(out / f"{method}_seeds.csv", seeds.to_csv(index=False))
+    write_json(out / f"{method}.json", result)
 
 
 def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tensor, channels: int) -> dict:

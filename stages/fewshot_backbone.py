@@ -45,7 +45,7 @@ def main() -> None:
         extra = {"role": "fewshot_backbone", "checkpoint": str(path)}
     elif p["source"] == "train":
         novel = set(novel_classes(read_manifest(folder), p["train_split"], f["episode_split"], f["novel_classes"]))
-        images, labels = load_split(folder, p["train_split"], channels)
+        images, labels = load_split(folder, p["train_split"], channels, "fewshot_backbone.train_split")
         keep = torch.tensor([int(y) not in novel for y in labels])
         base = sorted(set(labels[keep].tolist()))
         if len(base) < 2:

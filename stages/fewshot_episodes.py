@@ -5,7 +5,7 @@ class indices). Support and query sets of an episode never share an image.
 """
 
 from tailsynth.data.episodes import novel_classes, sample_episodes
-from tailsynth.data.manifest import read_classes, read_manifest
+from tailsynth.data.manifest import read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 
@@ -30,9 +30,10 @@ def main() -> None:
             f"no novel class: set fewshot.novel_classes, or give {p['episode_split']!r} classes absent from "
             f"{base_split!r} (fewshot.episode_split, fewshot_backbone.train_split)"
         )
-    pool = manifest[(manifest["split"] == p["episode_split"]) & manifest["label"].isin(novel)]
+    candidates = select_rows(manifest, p["episode_split"], "fewshot.episode_split")
+    candidates = candidates[candidates["label"].isin(novel)]
     episodes = sample_episodes(
-        pool,
+        candidates,
         novel,
         ways=p["ways"],
         shots=p["shots"],

@@ -16,20 +16,21 @@ from _fewshot import ADA_CHOICES, BACKBONE, episode_features, features_by_image,
 from tailsynth.data.episodes import support
 from tailsynth.data.manifest import image_shape, load_rows
 from tailsynth.errors import TailsynthError
-from tailsynth.io import write_json
-from tailsynth.methods.episodic import AUGMENT_KINDS, augmented_support, select_rows
+from tailsynth.io import atomic_write_text, write_json
+from tailsynth.methods import registry
+from tailsynth.methods.episodic import augmented_support, select_rows
+from tailsynth.metrics.keys import level_key
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.synth.plan import read_synthetic
-from tailsynth.train.fewshot import evaluate_episodes, level_key, mean_ci95
+from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
 
 from _common import device, load_params, log, prepared_dir, stage
 
 
 @stage
 def main(method: str) -> None:
+    m = registry.get(method, registry.FEWSHOT)
     params = load_params()
-    if method not in params["fewshot_methods"]:
-        raise TailsynthError(f"unknown few-shot method {method!r}: params.yaml has no fewshot_methods.{method}")
     p = params["fewshot_eval"]
     shots, ways = params["fewshot"]["shots"], params["fewshot"]["ways"]
     folder = prepared_dir(params)
@@ -38,11 +39,10 @@ def main(method: str) -> None:
     backbone = load_classifier(BACKBONE, device())
     features = episode_features(backbone, folder, episodes, channels)
     result: dict = {}
-    source = Path(params["fewshot_methods"][method]["input"])
-    if method in AUGMENT_KINDS:
+    if not m.generated:
         extras = augment_extras(
             method,
-            params["augment"].get(method, {}),
+            params["augment"].get(method) or {},
             episodes,
             folder,
             channels,
@@ -51,8 +51,13 @@ def main(method: str) -> None:
             seed=params["fewshot"]["seed"],
         )
     else:
+        source = m.synthetic_dir(registry.FEWSHOT)
         rows = read_synthetic(source)
-        if (source / ADA_CHOICES).is_file():  # GeNIe-Ada: the chosen level of each pair, per shot count
+        if m.ada:  # GeNIe-Ada: the chosen level of each pair, per shot count (written before the manifest)
+            if not (source / ADA_CHOICES).is_file():
+                raise TailsynthError(
+                    f"{source / ADA_CHOICES} not found next to the manifest; re-run fewshot_synth@{method}"
+                )
             choices = pd.read_csv(source / ADA_CHOICES)
             used = rows[rows["image"].isin(choices["image"])]
             result["chosen_r"] = {
@@ -80,7 +85,10 @@ def main(method: str) -> None:
         result[f"{k}shot"] = mean_ci95(a)
         result[f"{k}shot"]["added_per_class"] = (ways - 1) * k if method != "none" else 0
     log.info("fewshot %s: %s", method, {f"{k}shot": round(float(np.mean(a)), 4) for k, a in accs.items()})
-    write_json(Path("metrics/fewshot") / f"{method}.json", result)
+    out = Path("metrics/fewshot")
+    per_episode = pd.DataFrame({"episode": sorted(set(episodes["episode"]))} | {f"{k}shot": a for k, a in accs.items()})
+    atomic_write_text(out / f"{method}_episodes.csv", per_episode.to_csv(index=False))
+    write_json(out / f"{method}.json", result)
 
 
 def check_counts(labels: np.ndarray, expected: int, e: int, k: int) -> None:

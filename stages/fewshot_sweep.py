@@ -8,14 +8,16 @@ and the plot table metrics/plots/r_sweep.csv.
 
 import numpy as np
 import pandas as pd
-from _fewshot import BACKBONE, SYNTHETIC, episode_features, features_by_image, oracle_accuracy, read_episodes
+from _fewshot import BACKBONE, episode_features, features_by_image, oracle_accuracy, read_episodes
 
 from tailsynth.data.manifest import image_shape
 from tailsynth.io import atomic_write_text, write_json
+from tailsynth.methods import registry
 from tailsynth.methods.episodic import select_rows
+from tailsynth.metrics.keys import level_key
 from tailsynth.models.classifier import load_classifier
 from tailsynth.synth.plan import read_synthetic
-from tailsynth.train.fewshot import evaluate_episodes, level_key, mean_ci95
+from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
 
 from _common import device, load_params, log, prepared_dir, stage
 
@@ -30,7 +32,7 @@ def main() -> None:
     backbone = load_classifier(BACKBONE, device())
     oracle = load_classifier("models/oracle", device())
     features = episode_features(backbone, folder, episodes, channels)
-    source = SYNTHETIC / "genie_ada"
+    source = next(m for m in registry.methods(registry.FEWSHOT) if m.ada).synthetic_dir(registry.FEWSHOT)
     rows = read_synthetic(source)
     gen_features = features_by_image(backbone, source, rows["image"].tolist(), channels)
     result, table = {}, []

@@ -10,42 +10,40 @@ per pair and shot count in ``ada_choices.csv``, embedding with the few-shot back
 import sys
 
 import torch
-from _fewshot import ADA_CHOICES, BACKBONE, SYNTHETIC, embed_files, read_episodes
+from _fewshot import ADA_CHOICES, BACKBONE, embed_files, read_episodes
 
-from tailsynth.data.manifest import image_shape, read_classes
-from tailsynth.errors import TailsynthError
+from tailsynth.data.manifest import image_shape, read_classes, read_manifest
 from tailsynth.io import atomic_write_text
+from tailsynth.methods import registry
 from tailsynth.methods.episodic import ada_choices, plan_episodic
 from tailsynth.methods.generated import check_noise_ratio, check_spec
 from tailsynth.methods.genie import check_grid
+from tailsynth.methods.registry import Method
 from tailsynth.models.classifier import load_classifier
 from tailsynth.synth.plan import finalize_rows
 
 from _common import load_params, log, prepared_dir, stage
-from _synth import Synthesis, source_hashes, source_loader
+from _synth import Synthesis, image_hashes, source_loader
 
 
-def generation_spec(params: dict, method: str, steps: int) -> tuple[str, list[float]]:
+def generation_spec(params: dict, method: Method, steps: int) -> tuple[str, list[float]]:
     """(kind, noise levels) of a generated few-shot method, checked against its params."""
     where = "fewshot_synth.steps"
-    if method == "genie":
+    if method.family == registry.GENIE:
+        if method.ada:
+            return "genie", check_grid(params["genie"]["ada"]["grid"], steps, steps_param=where)
         return "genie", [check_noise_ratio(params["genie"]["r"], steps, param="genie.r", steps_param=where)]
-    if method == "genie_ada":
-        return "genie", check_grid(params["genie"]["ada"]["grid"], steps, steps_param=where)
-    spec = params["synth"].get(method)
-    if not isinstance(spec, dict):
-        raise TailsynthError(
-            f"unknown generated few-shot method {method!r}: use genie, genie_ada or a synth.<method> section"
-        )
-    check_spec(method, spec, steps, steps_param=where)
+    spec = {"mode": method.generation, **(params["synth"].get(method.name) or {})}
+    check_spec(method.name, spec, steps, steps_param=where)
     return spec["mode"], [float(spec.get("r", 1.0))]
 
 
 @stage
 def main(method: str) -> None:
+    m = registry.get(method, registry.FEWSHOT, (registry.GENERATED, registry.GENIE))
     params = load_params()
     p = params["fewshot_synth"]
-    kind, levels = generation_spec(params, method, p["steps"])
+    kind, levels = generation_spec(params, m, p["steps"])
     episodes = read_episodes()
     folder = prepared_dir(params)
     classes = read_classes(folder)
@@ -62,32 +60,41 @@ def main(method: str) -> None:
         cfg=p["cfg"],
         scheduler=p["scheduler"],
         seed=p["seed"],
-        source_hashes=source_hashes(folder, support_images),
+        source_hashes=image_hashes(read_manifest(folder)),
     )
     synthesis = Synthesis(p["scheduler"])
-    plan = finalize_rows(rows, synthesis.generator_id)
-    out = SYNTHETIC / method
-    manifest = synthesis.run(
-        method,
+    plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)
+
+    def ada_choices_file(manifest, out) -> None:
+        """GeNIe-Ada's level per pair and shot count, written before the manifest marks the set complete."""
+        backbone = load_classifier(BACKBONE, synthesis.device)
+        level_features = torch.from_numpy(embed_files(backbone, out, manifest["image"].tolist(), channels))
+        sources = torch.from_numpy(embed_files(backbone, folder, support_images, channels))
+        choices = ada_choices(
+            manifest,
+            level_features,
+            dict(zip(support_images, sources, strict=True)),
+            episodes,
+            params["fewshot"]["shots"],
+        )
+        atomic_write_text(out / ADA_CHOICES, choices.to_csv(index=False))
+        # The manifest records the choices too, so a stage that depends on it sees them change.
+        chosen = choices.groupby("image")["shots"].apply(lambda k: "|".join(map(str, sorted(k))))
+        manifest["chosen_shots"] = manifest["image"].map(chosen).fillna("")
+        for k, group in choices.groupby("shots"):
+            log.info("GeNIe-Ada %d-shot chosen r: %s", k, group["chosen_r"].value_counts().sort_index().to_dict())
+
+    synthesis.run(
+        m,
+        registry.FEWSHOT,
         plan,
         synthesis.generate,
         source_loader(folder, channels),
         size=size,
         channels=channels,
         batch_size=p["batch_size"],
-        out=out,
+        before_manifest=ada_choices_file if m.ada else None,
     )
-    if manifest is None or method != "genie_ada":
-        return
-    backbone = load_classifier(BACKBONE, synthesis.device)
-    level_features = torch.from_numpy(embed_files(backbone, out, manifest["image"].tolist(), channels))
-    source_features = dict(
-        zip(support_images, torch.from_numpy(embed_files(backbone, folder, support_images, channels)), strict=True)
-    )
-    choices = ada_choices(manifest, level_features, source_features, episodes, params["fewshot"]["shots"])
-    atomic_write_text(out / ADA_CHOICES, choices.to_csv(index=False))
-    for k, group in choices.groupby("shots"):
-        log.info("GeNIe-Ada %d-shot chosen r: %s", k, group["chosen_r"].value_counts().sort_index().to_dict())
 
 
 if __name__ == "__main__":

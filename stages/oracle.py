@@ -20,7 +20,7 @@ def main() -> None:
     channels, _ = image_shape(folder)
     classes = read_classes(folder)
     if p["source"] == "train":
-        images, labels = load_split(folder, p["train_split"], channels)
+        images, labels = load_split(folder, p["train_split"], channels, "oracle.train_split")
         model = fit_from_params(p, images, labels, len(classes), seed=p["seed"], transform=weak_transform())
     elif p["source"] == "path":
         model = load_classifier(require(p, "model", "oracle"))

@@ -8,38 +8,40 @@ import torch
 from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir
-from tailsynth.methods.augment import AUGMENT_METHODS, training_augmentation
+from tailsynth.methods import registry
+from tailsynth.methods.augment import training_augmentation
 from tailsynth.models.classifier import save_classifier
 from tailsynth.synth.plan import read_synthetic
 
 from _common import load_params, log, prepared_dir, stage
 from _fit import fit_from_params
 
+AUGMENTS = ("none", "weak", "strong")
+
 
 @stage
 def main(method: str) -> None:
+    m = registry.get(method, registry.LONG_TAIL)
     params = load_params()
     p = params["retrain"]
-    synthetic = Path("data/synthetic") / method
-    generated = params.get("methods", {}).get(method, {}).get("input") == str(synthetic)
-    if method not in AUGMENT_METHODS and not generated:
-        raise TailsynthError(
-            f"unknown method {method!r}: neither a training-time method ({', '.join(AUGMENT_METHODS)}) "
-            f"nor a generated one (methods.{method}.input: {synthetic}); check 'methods' in params.yaml"
-        )
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
     images, labels = load_split(folder, "train", channels)
     n_real = len(labels)
-    if method in AUGMENT_METHODS:
-        transform, batch_transform = training_augmentation(method, len(classes), params.get("augment", {}).get(method))
-    else:
-        rows = read_synthetic(synthetic)
-        images = torch.cat([images, load_rows(synthetic, rows, channels)])
+    augment = params.get("augment", {})
+    if m.generated:
+        rows = read_synthetic(m.synthetic_dir(registry.LONG_TAIL))
+        images = torch.cat([images, load_rows(m.synthetic_dir(registry.LONG_TAIL), rows, channels)])
         labels = torch.cat([labels, torch.tensor(rows["label"].tolist(), dtype=torch.int64)])
-        # Same per-image augmentation as the baselines, so the comparison isolates the synthetic data.
-        transform, batch_transform = training_augmentation(p["augment_generated"], len(classes))
+        # The same per-image augmentation (and its params) as that baseline, so the comparison isolates
+        # what the synthetic images add.
+        name = p["augment_generated"]
+        if name not in AUGMENTS:
+            raise TailsynthError(f"retrain.augment_generated must be one of {', '.join(AUGMENTS)}, got {name!r}")
+        transform, batch_transform = training_augmentation(name, len(classes), augment.get(name))
+    else:
+        transform, batch_transform = training_augmentation(method, len(classes), augment.get(method))
     n_synthetic = len(labels) - n_real
     log.info("retrain %s: %d real + %d synthetic images", method, n_real, n_synthetic)
     with atomic_dir(Path("models/retrain") / method) as tmp:

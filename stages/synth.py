@@ -7,27 +7,27 @@ Resumable: the output is persisted by DVC and finished rows are skipped on re-ru
 import sys
 
 from tailsynth.data.manifest import image_shape, read_classes, read_manifest
-from tailsynth.errors import TailsynthError
+from tailsynth.methods import registry
 from tailsynth.methods.generated import check_spec, plan_generated
 from tailsynth.synth.plan import finalize_rows
 
 from _common import load_params, prepared_dir, stage
-from _synth import Synthesis, source_loader, train_source_hashes
+from _synth import Synthesis, image_hashes, source_loader
 
 
 @stage
 def main(method: str) -> None:
     params = load_params()
     p = params["synth"]
-    if not isinstance(p.get(method), dict):
-        raise TailsynthError(f"unknown generated method {method!r}: params.yaml has no synth.{method} section")
-    check_spec(method, p[method], p["steps"])
+    m = registry.get(method, registry.LONG_TAIL, registry.GENERATED)
+    spec = {"mode": m.generation, **(p.get(method) or {})}
+    check_spec(method, spec, p["steps"])
     folder = prepared_dir(params)
     classes, manifest = read_classes(folder), read_manifest(folder)
     channels, size = image_shape(folder)
     rows = plan_generated(
         method,
-        p[method],
+        spec,
         classes,
         manifest,
         per_class=p["per_class"],
@@ -37,12 +37,13 @@ def main(method: str) -> None:
         cfg=p["cfg"],
         scheduler=p["scheduler"],
         seed=p["seed"],
-        source_hashes=train_source_hashes(folder, manifest),
+        source_hashes=image_hashes(manifest),
     )
     synthesis = Synthesis(p["scheduler"])
-    plan = finalize_rows(rows, synthesis.generator_id)
+    plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)
     synthesis.run(
-        method,
+        m,
+        registry.LONG_TAIL,
         plan,
         synthesis.generate,
         source_loader(folder, channels),

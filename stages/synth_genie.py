@@ -14,26 +14,24 @@ import torch
 
 from tailsynth.data.images import match_channels, resize_batch
 from tailsynth.data.manifest import image_shape, load_split, read_classes, read_manifest
-from tailsynth.errors import TailsynthError
 from tailsynth.io import folder_digest
+from tailsynth.methods import registry
 from tailsynth.methods.genie import GenieAda, check_grid, class_prototypes, plan_genie_long_tail
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.synth.plan import finalize_rows
 
 from _common import load_params, log, prepared_dir, stage
-from _synth import Synthesis, source_loader, train_source_hashes
+from _synth import Synthesis, image_hashes, source_loader
 
 CLASSIFIER = "models/classifier"
-METHODS = ("genie", "genie_ada")
 
 
 @stage
 def main(method: str) -> None:
-    if method not in METHODS:
-        raise TailsynthError(f"unknown GeNIe method {method!r}; use one of {', '.join(METHODS)}")
+    m = registry.get(method, registry.LONG_TAIL, registry.GENIE)
     params = load_params()
     p = params["genie"]
-    grid = check_grid(p["ada"]["grid"], p["steps"]) if method == "genie_ada" else None
+    grid = check_grid(p["ada"]["grid"], p["steps"]) if m.ada else None
     folder = prepared_dir(params)
     classes, manifest = read_classes(folder), read_manifest(folder)
     channels, size = image_shape(folder)
@@ -52,13 +50,13 @@ def main(method: str) -> None:
         cfg=p["cfg"],
         scheduler=p["scheduler"],
         seed=p["seed"],
-        source_hashes=train_source_hashes(folder, manifest),
+        source_hashes=image_hashes(manifest),
     )
     synthesis = Synthesis(p["scheduler"])
-    generator_id = synthesis.generator_id
+    generator_id = synthesis.generator_id(channels, size)
     if grid:  # the kept image also depends on the embedding network and the grid
         generator_id += f"-{folder_digest(CLASSIFIER)}-{grid}"
-    plan = finalize_rows(rows, generator_id)
+    plan = finalize_rows(rows, generator_id, m.key_fields)
 
     def generate_at(batch, sources, r):
         return resize_batch(match_channels(synthesis.generate(batch, sources, r), channels), size)
@@ -75,7 +73,8 @@ def main(method: str) -> None:
     else:
         generate = synthesis.generate
     manifest_out = synthesis.run(
-        method,
+        m,
+        registry.LONG_TAIL,
         plan,
         generate,
         source_loader(folder, channels),

@@ -5,9 +5,10 @@ import torch
 
 from tailsynth.data.csv_source import scan_csv
 from tailsynth.data.digits import load_digits_split, long_tail_counts
+from tailsynth.data.episodes import novel_classes
 from tailsynth.data.imagefolder import scan_imagefolder
 from tailsynth.data.images import load_image
-from tailsynth.data.manifest import load_split, read_classes, read_manifest, resolve_inside, shot_bucket
+from tailsynth.data.manifest import load_split, read_classes, read_manifest, resolve_inside, select_rows, shot_bucket
 from tailsynth.data.prepare import Record, write_prepared
 from tailsynth.errors import TailsynthError
 
@@ -112,6 +113,55 @@ def test_imagefolder_errors_name_the_folder(tmp_path, rgb_image_file):
     rgb_image_file(tmp_path / "r" / "full" / "a.png")
     with pytest.raises(TailsynthError, match="empty.*no images"):
         scan_imagefolder(tmp_path / "r")
+
+
+def test_an_empty_test_class_folder_is_an_error_naming_it(tmp_path, rgb_image_file):
+    rgb_image_file(tmp_path / "r" / "train" / "cat" / "a.png")
+    rgb_image_file(tmp_path / "r" / "train" / "dog" / "b.png")
+    rgb_image_file(tmp_path / "r" / "test" / "cat" / "c.png")
+    (tmp_path / "r" / "test" / "dog").mkdir()
+    with pytest.raises(TailsynthError, match=r"test/dog has no images"):
+        scan_imagefolder(tmp_path / "r")
+
+
+def test_symlinked_class_folders_and_files_are_inside_the_root(tmp_path, rgb_image_file):
+    # The usual ImageNet layout: class folders (or files) are symlinks into a shared store.
+    store = tmp_path / "store"
+    rgb_image_file(store / "n01" / "a.png")
+    rgb_image_file(store / "n02" / "b.png")
+    root = tmp_path / "root"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "n01").symlink_to(store / "n01", target_is_directory=True)
+    (root / "train" / "n02").mkdir()
+    (root / "train" / "n02" / "b.png").symlink_to(store / "n02" / "b.png")
+    records, names = scan_imagefolder(root)
+    assert names == ["n01", "n02"] and len(records) == 2
+    assert resolve_inside(root, "train/n01/a.png") == root.absolute() / "train" / "n01" / "a.png"
+    assert resolve_inside(root, "train/n01/../n02/b.png") == root.absolute() / "train" / "n02" / "b.png"
+    for bad in ("../store/n01/a.png", "train/../../store/n01/a.png", "/etc/passwd", "train/n01/../../../x.png"):
+        with pytest.raises(TailsynthError, match="outside"):
+            resolve_inside(root, bad)
+
+
+def test_pool_selects_the_in_pool_flag_and_splits_select_their_rows():
+    df = pd.DataFrame(
+        {
+            "image": [f"{i}.png" for i in range(6)],
+            "label": [0, 0, 1, 1, 2, 2],
+            "split": ["train", "val", "pool_only", "test", "pool_only", "train"],
+            "in_pool": [1, 1, 1, 0, 1, 1],
+        }
+    )
+    assert select_rows(df, "pool")["image"].tolist() == ["0.png", "1.png", "2.png", "4.png", "5.png"]
+    assert select_rows(df, "train")["image"].tolist() == ["0.png", "5.png"]
+    assert select_rows(df, ["test", "val"])["image"].tolist() == ["1.png", "3.png"]
+    with pytest.raises(TailsynthError, match="oracle.train_split must be one of pool, train, val, test"):
+        select_rows(df, "everything", "oracle.train_split")
+    # novel = classes with episode-split images and none in the base selection ("pool" = in_pool rows)
+    df.loc[3, "label"] = 3
+    assert novel_classes(df, "pool", "test", None) == [3]
+    assert novel_classes(df, "train", "test", None) == [3]
+    assert novel_classes(df, "pool", "test", [2, 1]) == [1, 2]
 
 
 def test_unreadable_image_error_names_the_file(tmp_path):

@@ -14,6 +14,7 @@ from tailsynth.methods.genie import (
     l2_normalize,
     plan_genie_long_tail,
 )
+from tailsynth.methods.registry import SOURCE_KEY
 from tailsynth.synth.plan import finalize_rows
 from tailsynth.synth.runner import finish, run_plan
 
@@ -145,7 +146,7 @@ def test_runner_keeps_per_row_results_through_resume(tmp_path):
         }
         for i in range(6)
     ]
-    table = finalize_rows(rows, "g")
+    table = finalize_rows(rows, "g", SOURCE_KEY)
     ada = GenieAda(fake.generate, fake.embed, protos, [0.5, 0.6, 0.7, 0.8, 0.9])
     run_plan(table, tmp_path, ada, lambda b: torch.zeros(len(b), 1, 4, 4), image_size=4, channels=1, batch_size=4)
     (tmp_path / table["image"][1]).unlink()

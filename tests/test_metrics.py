@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from tailsynth.metrics.accuracy import bucket_accuracy, mean_std, per_class_accuracy
-from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
+from tailsynth.metrics.frechet import INCEPTION_FILE, frechet_distance, inception_features, inception_weights_path
 from tailsynth.report.summary import bucket_table, chosen_r_table, per_class_table, summary_markdown, summary_rows
 
 CLASSES = [{"index": 0, "name": "a", "bucket": "many"}, {"index": 1, "name": "b", "bucket": "few"}]
@@ -34,6 +36,19 @@ def test_inception_fid_is_absent_with_a_reason_without_weights(tmp_path, monkeyp
     path, reason = inception_weights_path()
     assert path is None and "pt_inception-2015-12-05-6726825d.pth" in reason and str(tmp_path) in reason
     with pytest.raises(FileNotFoundError, match="Inception FID skipped"):
+        inception_features(torch.rand(2, 3, 32, 32))
+
+
+class Payload:
+    """Not a tensor: a weights file holding this must be refused."""
+
+
+def test_inception_weights_are_loaded_without_unpickling_objects(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    path.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(2), "trojan": Payload()}, path)
+    with pytest.raises(ValueError, match="not a plain tensor weights file"):
         inception_features(torch.rand(2, 3, 32, 32))
 
 

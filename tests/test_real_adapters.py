@@ -10,13 +10,12 @@ import pytest
 import yaml
 from pipeline_utils import ROOT, deep_update, run
 
-from tailsynth.data.class_names import describe_classes, names_for, prompt_name, read_class_names
+from tailsynth.data.class_names import describe_classes, names_for, prompt_for, prompt_name, read_class_names
 from tailsynth.data.imagenet_lt import scan_imagenet_lt
 from tailsynth.data.manifest import load_split, read_classes, read_manifest
 from tailsynth.data.mini_imagenet import scan_split_csvs
 from tailsynth.data.prepare import write_prepared
 from tailsynth.errors import TailsynthError
-from tailsynth.synth.plan import prompt_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MINI = FIXTURES / "mini_imagenet"

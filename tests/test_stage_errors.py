@@ -47,8 +47,14 @@ def test_empty_class_folder_and_unreadable_image(project, tmp_path, rgb_image_fi
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
     proc = project("prepare.py", params={"data": {"dataset": "imagefolder", "root": str(root), "channels": 3}})
     assert_one_line_error(proc, "broken.png")
-    assert not (project.root / "data" / "prepared" / "imagefolder").exists()
-    assert not list((project.root / "data" / "prepared").glob("*"))
+    assert not (project.root / "data").exists()  # not even an empty data/prepared/
+
+
+def test_a_yaml_error_is_one_line_naming_the_file_and_line(project):
+    (project.root / "params.yaml").write_text("data:\n  dataset: digits\n  size: [32\nretrain: {}\n")
+    proc = run([sys.executable, "stages/retrain.py", "none"], project.root, check=False)
+    assert_one_line_error(proc, "params.yaml is not valid YAML at line", "fix that line")
+    assert "Traceback" not in proc.stderr
 
 
 def test_unknown_dataset_kind(project):
@@ -56,7 +62,7 @@ def test_unknown_dataset_kind(project):
 
 
 def test_unknown_method_name(project):
-    assert_one_line_error(project("retrain.py", "bogus"), "unknown method 'bogus'", "methods")
+    assert_one_line_error(project("retrain.py", "bogus"), "unknown method 'bogus'", "registry")
     assert not Path(project.root / "models").exists()
 
 
@@ -95,7 +101,8 @@ def test_fewshot_episode_params_are_checked_and_nothing_is_written(project):
         (["genie"], {"genie": {"r": 1.5}}, "genie.r"),
         (["genie_ada"], {"genie": {"ada": {"grid": []}}}, "genie.ada.grid"),
         (["img2img_high"], {"synth": {"img2img_high": {"r": 0}}}, "synth.img2img_high.r"),
-        (["bogus"], {}, "unknown generated few-shot method 'bogus'"),
+        (["bogus"], {}, "unknown method 'bogus'"),
+        (["weak"], {}, "'weak' is a training method, not generated or genie"),
     ],
 )
 def test_fewshot_synth_bad_params(project, args, params, fragment):

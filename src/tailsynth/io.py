@@ -46,15 +46,20 @@ def read_json(path: str | Path) -> Any:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path``, on error it is removed.
 
-    A stage that fails half-way therefore never leaves a folder DVC could take for a result.
+    A stage that fails half-way therefore never leaves a folder DVC could take for a result, nor
+    the empty parent folders it created on the way.
     """
     path = Path(path)
+    created = [p for p in reversed(path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(created):
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only while still empty
         raise
     if path.exists():
         old = path.with_name(f".{path.name}.old")
@@ -66,6 +71,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+def sha(data: bytes, length: int = 16) -> str:
+    """Hex SHA-256 of ``data`` (first ``length`` characters)."""
+    return hashlib.sha256(data).hexdigest()[:length]
+
+
 def file_digest(path: str | Path, length: int = 16) -> str:
     """Hex SHA-256 of a file's whole content (first ``length`` characters), read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -75,10 +85,11 @@ def file_digest(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def folder_digest(folder: str | Path) -> str:
-    """A digest of every file's relative path and content under ``folder``."""
+def folder_digest(folder: str | Path, exclude: tuple[str, ...] = ()) -> str:
+    """A digest of every file's relative path and content under ``folder``, but the top-level names in ``exclude``."""
     folder = Path(folder)
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = (p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in exclude)
+    for path in sorted(files):
         h.update(f"{path.relative_to(folder).as_posix()}:{file_digest(path, 64)}\n".encode())
     return h.hexdigest()[:16]

@@ -10,6 +10,7 @@ Formats of the class-name file (param ``data.class_names``):
 from __future__ import annotations
 
 import json
+import string
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,3 +141,24 @@ def describe_classes(
     counts = Counter(names)
     unique = [f"{n} ({cid})" if counts[n] > 1 else n for n, cid in zip(names, ids, strict=True)]
     return unique, [prompt_name(n) for n in names], [e["superclass"] for e in entries]
+
+
+def prompt_for(template: str, class_info: dict) -> str:
+    """Fill the prompt template (param ``generator.prompt``) with a class's names.
+
+    ``{name}`` is the class's prompt name; ``{superclass}`` needs a class with a known superclass.
+    """
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        if "superclass" in fields and not class_info.get("superclass"):
+            raise TailsynthError(
+                f"generator.prompt {template!r} uses {{superclass}} but class {class_info.get('name')!r} has none; "
+                "set data.class_names to a file with a superclass column, or drop {superclass} from the prompt"
+            )
+        return template.format(name=class_info["prompt_name"], superclass=class_info.get("superclass") or "")
+    except (KeyError, IndexError) as exc:
+        raise TailsynthError(
+            f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}} (and {{superclass}})"
+        ) from exc
+    except ValueError as exc:
+        raise TailsynthError(f"generator.prompt {template!r} is not a valid template: {exc}") from exc

@@ -31,7 +31,7 @@ def load_digits_split(
     """Digits as float images (N, 1, size, size) in [0, 1] with labels and a split per image.
 
     Returns ``{"images", "labels", "split", "in_pool", "names"}``; ``split`` is one of
-    ``train``, ``val``, ``test`` or ``pool`` (in the pool only).
+    ``train``, ``val``, ``test`` or ``pool_only`` (in the generator's pool only).
     """
     from sklearn.datasets import load_digits
 
@@ -55,7 +55,7 @@ def load_digits_split(
         split[ix[:test_per_class]] = "test"
         pool = ix[test_per_class : test_per_class + pool_size]
         in_pool[pool] = True
-        split[pool] = "pool"
+        split[pool] = "pool_only"
         split[pool[: counts[c]]] = "train"
         split[pool[counts[c] : counts[c] + val_per_class]] = "val"
     keep = split != "unused"

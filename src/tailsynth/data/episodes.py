@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tailsynth.data.manifest import select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.seeding import derive_seed
 
@@ -19,11 +20,14 @@ COLUMNS = ["episode", "way", "label", "role", "rank", "image"]
 
 
 def novel_classes(manifest: pd.DataFrame, base_split: str, episode_split: str, given: list[int] | None) -> list[int]:
-    """The novel classes: ``given``, or the classes with images in ``episode_split`` and none in ``base_split``."""
+    """The novel classes: ``given``, or the classes with images in ``episode_split`` and none in ``base_split``.
+
+    Both are selections of :func:`tailsynth.data.manifest.select_rows` (``pool`` is the ``in_pool`` rows).
+    """
     if given:
         return sorted(int(c) for c in given)
-    base = set(manifest.loc[manifest["split"] == base_split, "label"].astype(int))
-    novel = set(manifest.loc[manifest["split"] == episode_split, "label"].astype(int))
+    base = set(select_rows(manifest, base_split, "fewshot_backbone.train_split")["label"].astype(int))
+    novel = set(select_rows(manifest, episode_split, "fewshot.episode_split")["label"].astype(int))
     return sorted(novel - base)
 
 

@@ -1,15 +1,17 @@
 """The prepared-dataset contract: ``images/…``, ``manifest.csv`` and ``classes.json``.
 
 ``manifest.csv`` columns: ``image`` (path relative to the folder), ``label`` (class index),
-``split`` (``train``/``val``/``test``, or ``pool`` for images only in the generator's pool),
-``in_pool`` (0/1) and optional ``group``. ``classes.json`` lists, per class: index, name,
+``split`` (``train``/``val``/``test``, or ``pool_only`` for images only in the generator's pool),
+``in_pool`` (0/1), ``sha`` (digest of the image file, so the manifest stands for the whole folder)
+and optional ``group``. ``classes.json`` lists, per class: index, name,
 prompt name, train count and shot bucket, plus ``id`` (e.g. a WordNet id) and ``superclass`` when the
 source dataset has them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -65,12 +67,21 @@ def class_table(
 
 
 def resolve_inside(root: str | Path, relative: str) -> Path:
-    """``root / relative``, refusing absolute paths and paths that climb out of ``root``."""
-    root = Path(root).resolve()
-    path = (root / relative).resolve()
-    if Path(relative).is_absolute() or not path.is_relative_to(root):
+    """``root / relative``, refusing absolute paths and paths that climb out of ``root``.
+
+    Confinement is by the path as written (normalised, no ``..`` above the root), not by where
+    symlinks point: datasets are often laid out with symlinked class folders or files.
+    """
+    rel = PurePosixPath(str(relative).replace("\\", "/"))
+    parts = [p for p in rel.parts if p not in ("", ".")]
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            break
+    if rel.is_absolute() or PureWindowsPath(str(relative)).drive or depth < 0:
         raise TailsynthError(f"path {relative!r} in a manifest points outside its dataset root {root}")
-    return path
+    return Path(os.path.normpath(Path(root).absolute() / Path(*parts))) if parts else Path(root).absolute()
 
 
 def read_manifest(folder: str | Path) -> pd.DataFrame:
@@ -79,9 +90,11 @@ def read_manifest(folder: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise TailsynthError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
     df = pd.read_csv(path, dtype={"image": str, "split": str})
-    missing = {"image", "split"} - set(df.columns)
+    missing = {"image", "split", "in_pool", "sha"} - set(df.columns)
     if missing or not ({"label", "labels"} & set(df.columns)):
-        raise TailsynthError(f"{path} lacks columns {sorted(missing) or ['label']}")
+        raise TailsynthError(
+            f"{path} lacks columns {sorted(missing) or ['label']}; re-run the prepare stage (dvc repro prepare)"
+        )
     return df
 
 
@@ -105,16 +118,32 @@ def load_rows(folder: str | Path, rows: pd.DataFrame, channels: int | None = Non
     return torch.stack(out)
 
 
-def load_split(folder: str | Path, split: str | list[str], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, C, H, W) and int64 labels (N,) of the rows whose split is in ``split``.
+POOL = "pool"
+SELECTIONS = (POOL, "train", "val", "test")
 
-    ``split='pool'`` selects every row with ``in_pool`` set.
+
+def select_rows(manifest: pd.DataFrame, selection: str | list[str], param: str = "split") -> pd.DataFrame:
+    """The manifest rows a selection names: ``"pool"`` = every row with ``in_pool`` set (the generator's
+    pool: train, val and pool-only images), ``"train"``/``"val"``/``"test"`` = the rows of that split;
+    a list selects the union, in manifest order.
+
+    ``param`` names the setting in the error for an unknown selection.
     """
-    df = read_manifest(folder)
-    if split == "pool":
-        rows = df[df["in_pool"].astype(bool)]
-    else:
-        rows = df[df["split"].isin([split] if isinstance(split, str) else split)]
+    if isinstance(selection, list):
+        keep = set().union(*(select_rows(manifest, s, param).index for s in selection))
+        return manifest[manifest.index.isin(keep)]
+    if selection == POOL:
+        return manifest[manifest["in_pool"].astype(bool)]
+    if selection not in SELECTIONS:
+        raise TailsynthError(f"{param} must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    return manifest[manifest["split"] == selection]
+
+
+def load_split(
+    folder: str | Path, split: str | list[str], channels: int, param: str = "split"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and int64 labels (N,) of the rows :func:`select_rows` picks for ``split``."""
+    rows = select_rows(read_manifest(folder), split, param)
     labels = torch.from_numpy(rows["label"].to_numpy(dtype=np.int64, copy=True))
     return load_rows(folder, rows, channels), labels
 

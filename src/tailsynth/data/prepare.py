@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tailsynth.data.images import load_image, match_channels, resize_batch, save_png
+from tailsynth.data.images import encode_png, load_image, match_channels, resize_batch
 from tailsynth.data.manifest import CLASSES, MANIFEST, class_table
-from tailsynth.io import atomic_dir, write_json
+from tailsynth.io import atomic_dir, atomic_write_bytes, sha, write_json
 
 
 @dataclass
@@ -64,8 +64,10 @@ def write_prepared(
             if img.shape[-1] != size or img.shape[0] != channels:
                 img = resize_batch(match_channels(img[None], channels), size)[0]
             rel = f"images/{rec.label:04d}/{rec.key}.png"
-            save_png(img, tmp / rel)
-            row = {"image": rel, "label": rec.label, "split": rec.split, "in_pool": int(rec.in_pool)}
+            data = encode_png(img)
+            atomic_write_bytes(tmp / rel, data)
+            # The content digest makes manifest.csv stand for the whole folder: stages depend on it alone.
+            row = {"image": rel, "label": rec.label, "split": rec.split, "in_pool": int(rec.in_pool), "sha": sha(data)}
             if rec.group is not None:
                 row["group"] = rec.group
             rows.append(row)

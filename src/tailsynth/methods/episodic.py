@@ -20,12 +20,12 @@ import math
 import pandas as pd
 import torch
 
+from tailsynth.data.class_names import prompt_for
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import _beta, strong_transform, weak_transform
 from tailsynth.methods.generated import check_noise_ratio
 from tailsynth.methods.genie import ada_choice, ada_projections, l2_normalize
 from tailsynth.seeding import derive_seed
-from tailsynth.synth.plan import prompt_for
 
 KINDS = ("txt2img", "img2img", "genie")
 AUGMENT_KINDS = ("none", "weak", "strong", "cutmix", "mixup")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tailsynth.data.class_names import prompt_for
 from tailsynth.errors import TailsynthError
 from tailsynth.seeding import derive_seed
-from tailsynth.synth.plan import prompt_for
 
 MODES = ("txt2img", "img2img")
 

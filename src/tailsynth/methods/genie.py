@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tailsynth.data.class_names import prompt_for
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.generated import check_noise_ratio, target_classes
 from tailsynth.seeding import derive_seed
-from tailsynth.synth.plan import prompt_for
 
 
 def confused_classes(confusion: np.ndarray, target: int, top_k: int) -> list[int]:

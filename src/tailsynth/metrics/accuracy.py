@@ -38,3 +38,26 @@ def mean_std(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         k: {"mean": float(np.mean([v[k] for v in values])), "std": float(np.std([v[k] for v in values], ddof=ddof))}
         for k in values[0]
     }
+
+
+def evaluate_runs(predictions: list[np.ndarray], labels: np.ndarray, classes: list[dict]) -> tuple[dict, list[dict]]:
+    """Test metrics of a method's runs (one per seed) and each run's bucket accuracies.
+
+    ``predictions`` holds one (N,) array of predicted class indices per run, for the N test
+    ``labels``; ``classes`` is the ``classes.json`` table (index order). Returns the metrics
+    ``{"acc", "acc_std", "per_class_acc", "n_seeds"}`` (mean and sample std over runs; a class
+    without test images has no per-class accuracy and is left out, never written as NaN) and,
+    per run, its ``bucket_accuracy`` (the values that paired comparisons difference).
+    """
+    if not predictions:
+        raise ValueError("no runs to evaluate")
+    runs = [bucket_accuracy(pred, labels, classes) for pred in predictions]
+    per_class = np.mean([per_class_accuracy(pred, labels, len(classes)) for pred in predictions], axis=0)
+    stats = mean_std(runs)
+    result = {
+        "acc": {k: v["mean"] for k, v in stats.items()},
+        "acc_std": {k: v["std"] for k, v in stats.items()},
+        "per_class_acc": {c["name"]: float(a) for c, a in zip(classes, per_class, strict=True) if not np.isnan(a)},
+        "n_seeds": len(runs),
+    }
+    return result, runs

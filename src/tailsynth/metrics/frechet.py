@@ -41,15 +41,36 @@ def inception_weights_path() -> tuple[Path | None, str]:
     return None, f"Inception FID skipped: {path} not found (download pytorch-fid's {INCEPTION_FILE} there)"
 
 
+def load_fid_inception(path: str | Path, device: str = "cpu"):
+    """pytorch-fid's InceptionV3 (pool3 block) with its weights read from ``path`` by ``torch.load(weights_only=True)``.
+
+    pytorch-fid itself fetches the weights through ``load_state_dict_from_url``, a full pickle load;
+    its own architecture is kept and only that one loader is swapped, for this call only.
+    """
+    import pickle
+    from unittest import mock
+
+    import pytorch_fid.inception as fid
+
+    def weights_only(url, *args, **kwargs):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"{path} is not a plain tensor weights file (refused by weights_only loading): {exc}"
+            ) from exc
+
+    with mock.patch.object(fid, "load_state_dict_from_url", weights_only):
+        return fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+
+
 @torch.no_grad()
 def inception_features(images: torch.Tensor, batch_size: int = 50, device: str = "cpu") -> np.ndarray:
     """pytorch-fid pool3 features (N, 2048) of ``images`` (N, C, H, W) in [0, 1]; needs the weights file."""
-    from pytorch_fid.inception import InceptionV3
-
     path, reason = inception_weights_path()
     if path is None:
         raise FileNotFoundError(reason)
-    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    model = load_fid_inception(path, device)
     feats = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].float().to(device)

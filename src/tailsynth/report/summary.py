@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from tailsynth.train.fewshot import level_from_key
+from tailsynth.metrics.keys import level_from_key
+from tailsynth.metrics.paired import paired_difference
 
 ACC_COLUMNS = ("overall", "many", "medium", "few")
 SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "fid", "n_synthetic")
@@ -36,12 +37,33 @@ def _fmt(value: float | None, std: float | None = None, pct: bool = True) -> str
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def summary_markdown(rows: list[dict], title: str = "Long-tail results") -> str:
-    """A Markdown table: accuracies (%, mean ± std over seeds) and synthetic-set metrics."""
-    head = ["method", *[f"acc {c}" for c in ACC_COLUMNS], "oracle acc", "fd_oracle", "FID", "n synthetic"]
+def oracle_header(oracle_test_acc: float | None, trusted: bool = True) -> str:
+    """The oracle column's header with the oracle's own test accuracy next to it (flagged when too low)."""
+    if oracle_test_acc is None:
+        return "oracle acc"
+    return f"oracle acc (oracle test {100 * oracle_test_acc:.1f}%{'' if trusted else ' ⚠ too low to trust'})"
+
+
+def method_cell(method: str, unreliable: set[str] | frozenset = frozenset()) -> str:
+    return f"{method} †" if method in unreliable else method
+
+
+def summary_markdown(
+    rows: list[dict],
+    title: str = "Long-tail results",
+    *,
+    oracle: str = "oracle acc",
+    unreliable: set[str] | frozenset = frozenset(),
+) -> str:
+    """A Markdown table: accuracies (%, mean ± std over seeds) and synthetic-set metrics.
+
+    ``oracle`` is the oracle column's header (see :func:`oracle_header`); methods in ``unreliable``
+    are marked with a dagger (the report explains it).
+    """
+    head = ["method", *[f"acc {c}" for c in ACC_COLUMNS], oracle, "fd_oracle", "FID", "n synthetic"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"]]
+        cells = [method_cell(r["method"], unreliable)]
         cells += [_fmt(r.get(f"acc_{c}"), r.get(f"acc_{c}_std")) for c in ACC_COLUMNS]
         cells += [
             _fmt(r.get("oracle_acc")),
@@ -84,12 +106,19 @@ def fewshot_columns(result: dict, shots: list[int]) -> dict:
     return row
 
 
-def fewshot_markdown(results: dict[str, dict], shots: list[int], title: str) -> str:
+def fewshot_markdown(
+    results: dict[str, dict],
+    shots: list[int],
+    title: str,
+    *,
+    oracle: str = "oracle acc",
+    unreliable: set[str] | frozenset = frozenset(),
+) -> str:
     """Methods × shot counts: accuracy % (mean ± 95% CI over episodes), oracle accuracy and images added."""
-    head = ["method", *[f"{k}-shot" for k in shots], "oracle acc", "added per class"]
+    head = ["method", *[f"{k}-shot" for k in shots], oracle, "added per class"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in results.items():
-        cells = [method]
+        cells = [method_cell(method, unreliable)]
         cells += [_fmt(r[f"{k}shot"]["mean"], r[f"{k}shot"].get("ci95")) for k in shots]
         cells.append(_fmt(r.get("oracle_acc")))
         cells.append(" / ".join(str(r[f"{k}shot"].get("added_per_class", 0)) for k in shots))
@@ -97,9 +126,9 @@ def fewshot_markdown(results: dict[str, dict], shots: list[int], title: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def sweep_markdown(sweep: dict[str, dict], shots: list[int]) -> str:
+def sweep_markdown(sweep: dict[str, dict], shots: list[int], oracle: str = "oracle acc") -> str:
     """The GeNIe noise sweep: oracle label accuracy and few-shot accuracy per noise ratio r."""
-    head = ["r", "oracle acc", *[f"{k}-shot" for k in shots]]
+    head = ["r", oracle, *[f"{k}-shot" for k in shots]]
     lines = ["## GeNIe noise sweep (few-shot)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in sorted(sweep.values(), key=lambda e: e["r"]):
         cells = [f"{entry['r']:g}", _fmt(entry["oracle_acc"])]
@@ -120,3 +149,44 @@ def chosen_r_table(long_tail: list[float], fewshot: dict[str, dict]) -> pd.DataF
         for k, counts in result.get("chosen_r", {}).items():
             columns[f"{method}_{k}"] = pd.Series({level_from_key(r): n for r, n in counts.items()}, dtype=float)
     return pd.concat(columns, axis=1).sort_index().fillna(0).astype(int).rename_axis("r").reset_index()
+
+
+def paired_table(
+    runs: dict[str, pd.DataFrame], columns: list[str], baselines: tuple[str, ...] = ("none", "txt2img")
+) -> dict[str, dict[str, dict]]:
+    """Paired differences of every method to each baseline, per column.
+
+    ``runs[method]`` has one row per seed or episode (same order for every method: they share
+    them) and the accuracy ``columns``. Returns ``{method: {"<column>_vs_<baseline>": paired_difference}}``;
+    a method is not compared with itself.
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for method, table in runs.items():
+        out[method] = {}
+        for base in baselines:
+            if base == method or base not in runs:
+                continue
+            if len(runs[base]) != len(table):
+                raise ValueError(f"{method} has {len(table)} paired runs, {base} has {len(runs[base])}")
+            for col in columns:
+                out[method][f"{col}_vs_{base}"] = paired_difference(table[col], runs[base][col])
+    return out
+
+
+def _paired_cell(entry: dict | None) -> str:
+    if entry is None:
+        return "—"
+    ci = "" if math.isnan(entry["ci"]) else f" ± {100 * entry['ci']:.1f}"
+    return f"{100 * entry['diff']:+.1f}{ci} {entry['verdict']}"
+
+
+def paired_markdown(
+    paired: dict[str, dict[str, dict]], columns: list[str], baselines: tuple[str, ...], title: str
+) -> str:
+    """Markdown: per method, the paired difference (points, 95% t interval) and verdict against each baseline."""
+    keys = [f"{c}_vs_{b}" for c in columns for b in baselines]
+    head = ["method", *[k.replace("_vs_", " vs ") for k in keys]]
+    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, entries in paired.items():
+        lines.append("| " + " | ".join([method, *[_paired_cell(entries.get(k)) for k in keys]]) + " |")
+    return "\n".join(lines) + "\n"

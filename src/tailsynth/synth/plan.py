@@ -2,15 +2,15 @@
 
 Row columns (the synthetic-set contract): ``image, label, method, target, source_image,
 source_label, r, steps, seed`` plus ``prompt``, ``cfg``, ``key`` and method columns. ``key``
-hashes everything that determines the image (including the generator), and is part of the file
-name, so a changed plan never reuses a stale image.
+hashes everything that determines the image (the generator, the output format and the method's
+key fields, see ``tailsynth.methods.registry``) and is part of the file name, so a changed plan
+never reuses a stale image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import string
 from pathlib import Path
 
 import pandas as pd
@@ -20,26 +20,26 @@ from tailsynth.io import atomic_write_text
 
 PLAN = "plan.csv"
 MANIFEST = "manifest.csv"
-KEY_FIELDS = ("method", "target", "source_image", "source_hash", "r", "steps", "cfg", "seed", "prompt", "scheduler")
 
 
-def row_key(row: dict, generator_id: str) -> str:
-    """A short hash of the fields that determine a row's image."""
-    payload = json.dumps([generator_id, *[str(row.get(f, "")) for f in KEY_FIELDS]])
+def row_key(row: dict, generator_id: str, fields: tuple[str, ...]) -> str:
+    """A short hash of the generator's identity and the row ``fields`` that determine its image."""
+    payload = json.dumps([generator_id, *[f"{f}={row.get(f, '')}" for f in fields]])
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def finalize_rows(rows: list[dict], generator_id: str) -> pd.DataFrame:
+def finalize_rows(rows: list[dict], generator_id: str, key_fields: tuple[str, ...]) -> pd.DataFrame:
     """Number the rows, hash them and give each its image path; returns the plan table.
 
-    ``generator_id`` identifies the weights and the numeric precision they run in.
+    ``generator_id`` identifies the weights, the numeric precision they run in and the output
+    format (channels, size); ``key_fields`` are the method's row-key fields (its registry entry).
     """
     if not rows:
         raise TailsynthError("the generation plan is empty")
     out = []
     for i, row in enumerate(rows):
         row = {"row": i, **row}
-        row["key"] = row_key(row, generator_id)
+        row["key"] = row_key(row, generator_id, key_fields)
         row["image"] = f"images/{int(row['target']):04d}/{i:06d}-{row['key']}.png"
         row.setdefault("label", int(row["target"]))
         out.append(row)
@@ -57,27 +57,6 @@ def read_plan(folder: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise TailsynthError(f"{path} not found; the synth stage writes it before generating")
     return pd.read_csv(path, keep_default_na=False)
-
-
-def prompt_for(template: str, class_info: dict) -> str:
-    """Fill the prompt template (param ``generator.prompt``) with a class's names.
-
-    ``{name}`` is the class's prompt name; ``{superclass}`` needs a class with a known superclass.
-    """
-    try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-        if "superclass" in fields and not class_info.get("superclass"):
-            raise TailsynthError(
-                f"generator.prompt {template!r} uses {{superclass}} but class {class_info.get('name')!r} has none; "
-                "set data.class_names to a file with a superclass column, or drop {superclass} from the prompt"
-            )
-        return template.format(name=class_info["prompt_name"], superclass=class_info.get("superclass") or "")
-    except (KeyError, IndexError) as exc:
-        raise TailsynthError(
-            f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}} (and {{superclass}})"
-        ) from exc
-    except ValueError as exc:
-        raise TailsynthError(f"generator.prompt {template!r} is not a valid template: {exc}") from exc
 
 
 def read_synthetic(folder: str | Path) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tailsynth.data.images import match_channels, png_text, resize_batch, save_png
-from tailsynth.io import atomic_write_text
+from tailsynth.io import atomic_write_text, file_digest
 from tailsynth.synth.plan import MANIFEST, write_plan
 
 # (rows of one batch, their source images or None) -> images (N, C, H, W) in [0, 1]
@@ -59,37 +59,45 @@ def run_plan(
     process_index: int = 0,
     num_processes: int = 1,
 ) -> pd.DataFrame:
-    """Generate every pending row of ``plan`` into ``folder`` and return the finished manifest.
+    """Generate every pending row of ``plan`` into ``folder`` and return the plan.
 
-    The plan is written first. Rows whose image already exists and reads back are skipped, so an
-    interrupted run resumes. Each process takes every ``num_processes``-th batch of the plan; only
-    process 0 writes the plan and the manifest (call it after all processes finished). Images
-    are resized to ``image_size`` with ``channels`` channels and written atomically.
+    The plan is written first. Batches are fixed on the whole plan (rows that share mode, r,
+    steps and cfg, ``batch_size`` at a time, in plan order), so every row is always generated in
+    the same batch, whatever is already done or how many processes share the work: a batch with
+    a missing image is generated whole and only its missing images are written, which makes an
+    interrupted run resume to the same bytes. Each process takes every ``num_processes``-th
+    batch; only process 0 writes the plan (call :func:`finish` after all processes finished).
+    Images are resized to ``image_size`` with ``channels`` channels and written atomically.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if process_index == 0:
         write_plan(plan, folder)
-    # Shards are fixed on the whole plan, so processes agree on them whatever is already done.
-    mine = [b for i, b in enumerate(batches(plan, batch_size)) if i % num_processes == process_index]
-    todo = pending_rows(pd.concat(mine) if mine else plan.iloc[:0], folder, image_size)
-    for batch in batches(todo, batch_size):
+    for i, batch in enumerate(batches(plan, batch_size)):
+        if i % num_processes != process_index:
+            continue
+        missing = [not image_ok(folder / rel, image_size) for rel in batch["image"]]
+        if not any(missing):
+            continue
         out = generate(batch, load_sources(batch))
         images, extras = out if isinstance(out, tuple) else (out, None)
         images = resize_batch(match_channels(images, channels), image_size)
         for pos, (rel, img) in enumerate(zip(batch["image"], images, strict=True)):
+            if not missing[pos]:
+                continue
             # Per-row results (e.g. Ada's chosen_r) travel inside the PNG, so a resumed run keeps them.
             text = None if extras is None else {k: repr(float(v)) for k, v in extras.iloc[pos].items()}
             save_png(img, folder / rel, text)
         if progress is not None:
-            progress(len(batch))
+            progress(sum(missing))
     return plan
 
 
 def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFrame:
-    """Remove images not in the plan (left by earlier params), check every row, write ``manifest.csv``.
+    """Remove images not in the plan (left by earlier params), check every row; return the manifest.
 
-    Per-row results stored in the PNGs (numbers) become extra manifest columns.
+    Per-row results stored in the PNGs (numbers) become extra manifest columns. The manifest is
+    not written here: :func:`write_manifest` marks the set complete, after any method extras.
     """
     folder = Path(folder)
     wanted = {str(folder / rel) for rel in plan["image"]}
@@ -100,8 +108,14 @@ def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFr
     if len(missing):
         raise RuntimeError(f"{len(missing)} planned images are missing in {folder}; re-run to resume")
     extras = pd.DataFrame([{k: float(v) for k, v in png_text(folder / rel).items()} for rel in plan["image"]])
-    manifest = pd.concat([plan.reset_index(drop=True), extras], axis=1) if len(extras.columns) else plan
+    manifest = pd.concat([plan.reset_index(drop=True), extras], axis=1) if len(extras.columns) else plan.copy()
     if "chosen_r" in manifest:  # rows planned with r = "ada" record the ratio that was kept
         manifest["r"] = manifest["chosen_r"]
-    atomic_write_text(folder / MANIFEST, manifest.to_csv(index=False))
+    # With the image digests the manifest stands for the whole set: consumers depend on it alone.
+    manifest["sha"] = [file_digest(folder / rel) for rel in manifest["image"]]
     return manifest
+
+
+def write_manifest(manifest: pd.DataFrame, folder: str | Path) -> None:
+    """Write ``manifest.csv`` atomically: its presence is what marks a synthetic set complete."""
+    atomic_write_text(Path(folder) / MANIFEST, manifest.to_csv(index=False))

@@ -16,16 +16,6 @@ import pandas as pd
 from tailsynth.data.episodes import queries, support
 
 
-def level_key(r: float) -> str:
-    """A metrics key for a noise level without a dot (dvc flattens nested keys with dots): 0.6 -> "r60"."""
-    return f"r{round(r * 100)}"
-
-
-def level_from_key(key: str) -> float:
-    """Inverse of :func:`level_key`: "r60" -> 0.6."""
-    return int(key[1:]) / 100
-
-
 def l2_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 

@@ -1,0 +1,93 @@
+"""Cold `dvc repro` in a temporary clone, stage by stage: wall time and peak RSS of each stage.
+
+    python benchmarks/profile_repro.py [--rev HEAD] [--keep DIR]
+
+Clones ``--rev`` of this repository into a temporary folder (nothing cached: no data/, models/ or
+DVC cache), lists the stages in the order `dvc repro` would run them, then runs each with
+`dvc repro --single-item` and records its wall time and the peak resident memory of the
+process tree (``wait4``'s ``ru_maxrss``: the largest of dvc and the stage's python). Prints the
+stages sorted by time, with the total. The library is imported from the clone (PYTHONPATH), so
+an older revision is profiled with its own code. Timings include dvc's own overhead per call
+(about a second), which a single `dvc repro` pays once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def env_for(clone: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{clone / 'src'}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in MiB, exit status) of ``cmd`` and the processes it waited for."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr.read().decode()[-3000:])
+    return wall, usage.ru_maxrss / 1024, proc.returncode  # ru_maxrss is in KiB on Linux
+
+
+def stage_order(clone: Path, env: dict) -> list[str]:
+    out = run([str(BIN / "dvc"), "repro", "--dry", "--force"], clone, env).stdout
+    return re.findall(r"Running stage '([^']+)'", out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rev", default="HEAD", help="git revision to profile")
+    ap.add_argument("--keep", type=Path, help="clone here and keep it (default: a temporary folder, removed)")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="tailsynth-profile-"))
+    clone = work / "repo" if args.keep is None else work
+    env = env_for(clone)
+    try:
+        run(["git", "clone", "-q", str(ROOT), str(clone)], ROOT, env)
+        run(["git", "checkout", "-q", args.rev], clone, env)
+        rev = run(["git", "rev-parse", "--short", "HEAD"], clone, env).stdout.strip()
+        stages = stage_order(clone, env)
+        print(f"profiling {len(stages)} stages of {rev} in {clone} ({os.cpu_count()} cores)", flush=True)
+        rows, t0 = [], time.perf_counter()
+        for name in stages:
+            wall, rss, code = timed([str(BIN / "dvc"), "repro", "--single-item", name], clone, env)
+            rows.append((name, wall, rss))
+            print(f"  {name:<32} {wall:8.1f} s {rss:8.0f} MiB", flush=True)
+            if code:
+                raise SystemExit(f"stage {name} failed (exit {code})")
+        total = time.perf_counter() - t0
+        print(f"\nstages by wall time ({rev}):")
+        print(f"| {'stage':<32} | {'wall s':>8} | {'share':>6} | {'peak RSS MiB':>12} |")
+        print(f"|{'-' * 34}|{'-' * 10}|{'-' * 8}|{'-' * 14}|")
+        for name, wall, rss in sorted(rows, key=lambda r: -r[1]):
+            print(f"| {name:<32} | {wall:8.1f} | {100 * wall / total:5.1f}% | {rss:12.0f} |")
+        peak = max(r[2] for r in rows)
+        print(f"\ntotal {total:.0f} s ({total / 60:.1f} min), {len(rows)} stages, max peak RSS {peak:.0f} MiB")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

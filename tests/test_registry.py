@@ -1,0 +1,104 @@
+"""The method registry is the one declaration of every method: dvc.yaml and params.yaml must agree with it.
+
+A method declared in the registry and missing from a stage (or listed in a stage and missing from the
+registry) fails here, as does a stage item that depends on the wrong output or params.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tailsynth.errors import TailsynthError
+from tailsynth.methods import registry
+from tailsynth.methods.augment import training_augmentation
+from tailsynth.methods.episodic import augmented_support
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+LT, FS = registry.LONG_TAIL, registry.FEWSHOT
+
+
+def foreach(stage: str):
+    return DVC["stages"][stage]["foreach"]
+
+
+def has_param(key: str) -> bool:
+    node = PARAMS
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_stage_lists_exactly_the_registrys_methods():
+    generated = [m.name for m in registry.methods(LT) if m.family == registry.GENERATED]
+    genie = [m.name for m in registry.methods(LT) if m.family == registry.GENIE]
+    assert list(foreach("retrain")) == registry.names(LT)
+    assert list(foreach("evaluate")) == registry.names(LT)
+    assert list(foreach("fewshot_eval")) == registry.names(FS)
+    assert list(foreach("synth")) == generated
+    assert list(foreach("synth_genie")) == genie
+    assert list(foreach("fewshot_synth")) == [m.name for m in registry.methods(FS) if m.generated]
+    checked = 0
+    for plot in DVC["plots"]:
+        for spec in plot.values() if isinstance(plot, dict) else []:
+            for path in ("metrics/plots/per_class.csv", "metrics/plots/by_bucket.csv"):
+                if path in spec.get("y", {}):
+                    assert spec["y"][path] == registry.names(LT), path
+                    checked += 1
+    assert checked == 2
+
+
+def test_stage_items_depend_on_the_methods_output_and_params():
+    for m in registry.methods(LT):
+        item = foreach("retrain")[m.name]
+        if m.generated:
+            assert item["input"] == f"{m.synthetic_dir(LT)}/manifest.csv"
+            assert item["params"] == "augment.${retrain.augment_generated}"
+        else:
+            assert item["params"] == m.params[0] and len(m.params) == 1
+        assert foreach("evaluate")[m.name] == item
+    for m in registry.methods(FS):
+        item = foreach("fewshot_eval")[m.name]
+        if m.generated:
+            assert item["input"] == f"{m.synthetic_dir(FS)}/manifest.csv"
+            assert m.params[0] in foreach("fewshot_synth")[m.name]["params"]
+        else:
+            assert item["params"] == m.params[0]
+    genie_items = foreach("synth_genie")
+    for m in registry.methods(LT, registry.GENIE):
+        assert genie_items[m.name]["params"] == m.params[0]
+    synth = DVC["stages"]["synth"]["do"]
+    assert "synth.${item}" in synth["params"]
+    assert [f"synth.{name}" for name in foreach("synth")] == [m.params[0] for m in registry.methods(LT, "generated")]
+    report = DVC["stages"]["report"]["deps"]
+    assert all(f"{m.synthetic_dir(LT)}/manifest.csv" in report for m in registry.methods(LT) if m.generated)
+
+
+def test_every_declared_param_exists_and_every_method_has_its_module():
+    for m in registry.METHODS.values():
+        assert all(has_param(key) for key in m.params), m.name
+        if m.generated:
+            assert m.generation in ("txt2img", "img2img") and "seed" in m.key_fields and "method" in m.key_fields
+            assert ("source_hash" in m.key_fields) == (m.generation == "img2img")
+        else:
+            training_augmentation(m.name, 3, PARAMS["augment"][m.name])  # long-tail module knows it
+            x = torch.rand(2, 1, 8, 8)
+            added, _ = augmented_support(x, torch.tensor([0, 1]), ["a", "b"], m.name, copies=2, seed=0)
+            assert len(added) == (0 if m.name == "none" else 4)  # few-shot module knows it
+    assert [m for m in registry.METHODS.values() if m.ada] == [registry.METHODS["genie_ada"]]
+
+
+def test_lookups_give_clear_errors():
+    assert registry.get("genie", LT, registry.GENIE).ada is False
+    with pytest.raises(TailsynthError, match="unknown method 'bogus'.*declares none, weak"):
+        registry.get("bogus")
+    with pytest.raises(TailsynthError, match="'weak' is a training method, not generated"):
+        registry.get("weak", LT, registry.GENERATED)
+    with pytest.raises(TailsynthError, match="no synthetic set"):
+        registry.METHODS["weak"].synthetic_dir(LT)
+    assert registry.METHODS["genie"].synthetic_dir(FS) == Path("data/fewshot/synthetic/genie")
