@@ -2,8 +2,8 @@
 
     python benchmarks/generator_train.py [--params params.yaml] [--rounds 5] [--block 4] [--full]
 
-Both recipes train the same data (``data/prepared/digits``'s generator split when prepared, else
-the digits pool built in memory as the prepare stage does) with the current code. Seconds per VAE
+Both recipes train the same data (the digits pool of the embedded default, built in memory as the
+prepare stage builds it) with the current code. Seconds per VAE
 step and per UNet step are measured interleaved (old block, new block, old block, ...; the first
 step of every block is a warm-up and not counted) and reported as medians, so other load on the
 machine slows both alike. The full recipe is estimated as steps x median seconds per step, with
@@ -50,22 +50,13 @@ VAE_KEYS = ("steps", "batch_size", "lr", "kl_weight", "target_mse")
 UNET_KEYS = ("steps", "batch_size", "lr", "warmup_steps", "uncond_prob", "ema_decay")
 
 
-def digits_pool(prepared: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images in [0, 1], labels and per-class prompts of the generator's training split."""
-    from tailsynth.data.class_names import prompt_for
-    from tailsynth.data.manifest import image_shape, load_split, read_classes
-
-    if (prepared / "manifest.csv").is_file():
-        classes = read_classes(prepared)
-        images, labels = load_split(prepared, "pool", image_shape(prepared)[0], "generator.train_split")
-        return images.float() / 255, labels, [prompt_for("a photo of a {name}", c) for c in classes]
+def digits_pool() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The embedded default's generator split (digits pool, 32 px, 8-bit as prepared), labels and prompts."""
     from tailsynth.data.digits import load_digits_split
 
     d = load_digits_split(size=32, imbalance_ratio=30, max_per_class=120, test_per_class=50, val_per_class=4, seed=0)
     pool = torch.as_tensor(d["in_pool"], dtype=torch.bool)
-    images = torch.as_tensor(d["images"])[pool]
-    if images.dtype == torch.uint8:
-        images = images.float() / 255
+    images = (d["images"][pool].clamp(0, 1) * 255).round() / 255  # the prepare stage stores 8-bit PNGs
     return images, torch.as_tensor(d["labels"])[pool], [f"a photo of a {n}" for n in d["names"]]
 
 
@@ -121,7 +112,6 @@ def full_run(recipe: dict, config: gen.SmallLDMConfig, images, labels, prompts) 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml", help="the new recipe: its generator section")
-    ap.add_argument("--data", default="data/prepared/digits")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block", type=int, default=4, help="steps per timed block (the first is not counted)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -130,7 +120,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     new_recipe = yaml.safe_load(Path(args.params).read_text())["generator"]
-    images, labels, prompts = digits_pool(Path(args.data))
+    images, labels, prompts = digits_pool()
     size, channels = images.shape[-1], images.shape[1]
     old_config = gen.SmallLDMConfig(image_size=size, channels=channels, **OLD_CONFIG)
     new_config = gen.SmallLDMConfig(image_size=size, channels=channels)
