@@ -6,9 +6,10 @@ Clones ``--rev`` of this repository into a temporary folder (nothing cached: no 
 DVC cache), lists the stages in the order `dvc repro` would run them, then runs each with
 `dvc repro --single-item` and records its wall time and the peak resident memory of the
 process tree (``wait4``'s ``ru_maxrss``: the largest of dvc and the stage's python). Prints the
-stages sorted by time, with the total. The library is imported from the clone (PYTHONPATH), so
-an older revision is profiled with its own code. Timings include dvc's own overhead per call
-(about a second), which a single `dvc repro` pays once.
+stages sorted by time, with the total, then the median of three no-op `dvc repro` runs and whether
+the run left `git status` clean (it should: committed results reproduce). The library is imported
+from the clone (PYTHONPATH), so an older revision is profiled with its own code. Timings include
+dvc's own overhead per call (about a second), which a single `dvc repro` pays once.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def main() -> None:
             print(f"| {name:<32} | {wall:8.1f} | {100 * wall / total:5.1f}% | {rss:12.0f} |")
         peak = max(r[2] for r in rows)
         print(f"\ntotal {total:.0f} s ({total / 60:.1f} min), {len(rows)} stages, max peak RSS {peak:.0f} MiB")
+        noop = sorted(timed([str(BIN / "dvc"), "repro"], clone, env)[0] for _ in range(3))
+        print(f"no-op dvc repro: median {noop[1]:.2f} s of 3 ({', '.join(f'{t:.2f}' for t in noop)})")
+        dirty = run(["git", "status", "--porcelain"], clone, env).stdout.strip()
+        print("git status after the run: " + ("clean" if not dirty else "changed\n" + dirty))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

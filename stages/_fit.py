@@ -11,7 +11,13 @@ def fit_from_params(
     from tailsynth.train.fit import FitConfig, fit_classifier
 
     model = build_classifier(
-        section["arch"], num_classes, images.shape[1], images.shape[-1], width=section.get("width", 32), seed=seed
+        section["arch"],
+        num_classes,
+        images.shape[1],
+        images.shape[-1],
+        width=section.get("width", 32),
+        stem_stride=section.get("stem_stride", 2),
+        seed=seed,
     )
     if section.get("weights"):
         load_pretrained_backbone(model, section["weights"])

@@ -128,6 +128,30 @@ def test_denoiser_runs_the_text_encoder_once_per_distinct_prompt():
     assert batches and all(n <= 3 for n in batches)  # two prompts and the empty one, not 16 rows
 
 
+def test_denoiser_training_repeats_bit_for_bit_on_two_threads():
+    """Fails with ``hidden[rows]``: its backward accumulates in a thread-dependent order on the CPU, and two
+    cold runs of the pipeline trained different generators (every synthetic set and metric then drifted)."""
+    assert torch.get_num_threads() == 2  # conftest: the race needs more than one thread
+
+    def train() -> list[torch.Tensor]:
+        comp = gen.build_small_ldm(PROMPTS, gen.SmallLDMConfig(), seed=0)
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(64)]
+        g = torch.Generator().manual_seed(0)
+        mean, std = torch.randn(64, 4, 8, 8, generator=g), torch.rand(64, 4, 8, 8, generator=g)
+        gen.train_denoiser(comp, mean, std, prompts, steps=3, batch_size=64, warmup_steps=1, ema_decay=0.0)
+        return [p.detach().clone() for p in comp["text_encoder"].parameters()]
+
+    first = train()
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, train(), strict=True))
+
+
+def test_pick_rows_is_indexing():
+    hidden = torch.randn(3, 2, 5)
+    rows = torch.tensor([2, 0, 0, 1, 2])
+    assert torch.equal(gen._pick_rows(hidden, rows), hidden[rows])
+
+
 def test_generator_stage_output_is_byte_identical_across_runs(tmp_path):
     """The folder's digest keys every synthetic image: a re-run with the same inputs must not change a byte."""
     import shutil

@@ -121,11 +121,17 @@ def build_classifier(
     image_size: int,
     *,
     width: int = 32,
+    stem_stride: int = 2,
     mean: list[float] | None = None,
     std: list[float] | None = None,
     seed: int = 0,
 ) -> Classifier:
-    """A fresh classifier initialised from ``seed``. ``mean``/``std`` default to 0.5 per channel."""
+    """A fresh classifier initialised from ``seed``. ``mean``/``std`` default to 0.5 per channel.
+
+    ``width`` and ``stem_stride`` (1 or 2) apply to ``small_cnn`` only.
+    """
+    if stem_stride not in (1, 2):
+        raise TailsynthError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
     cfg = {
         "arch": arch,
         "num_classes": int(num_classes),
@@ -136,7 +142,7 @@ def build_classifier(
         "std": std or [0.5] * in_channels,
     }
     if arch == "small_cnn":
-        cfg["stem_stride"] = 2
+        cfg["stem_stride"] = int(stem_stride)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Classifier(cfg)

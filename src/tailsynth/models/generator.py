@@ -281,7 +281,8 @@ def train_denoiser(
         used, rows = torch.unique(rows, return_inverse=True)
         zt, noise, t = zt.to(device), noise.to(device), t.to(device)
         with torch.set_grad_enabled(train_text_encoder):
-            cond = text_encoder(all_ids[used].to(device))[0][rows.to(device)]
+            hidden = text_encoder(all_ids[used].to(device))[0]  # (U, L, D): one row per distinct prompt
+            cond = _pick_rows(hidden, rows.to(device))
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -306,6 +307,17 @@ def train_denoiser(
             m.eval()
     text_encoder.eval()
     return TrainResult(last, steps)
+
+
+def _pick_rows(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``hidden[rows]`` for (U, ...) ``hidden`` and (B,) ``rows``, with a backward that repeats bit for bit.
+
+    The backward of advanced indexing accumulates with ``index_put_``, which adds in a
+    thread-dependent order on the CPU (two cold runs trained different text encoders on 2 cores).
+    A one-hot matrix product gives the same forward values and a deterministic backward.
+    """
+    pick = F.one_hot(rows, hidden.shape[0]).to(hidden.dtype)
+    return (pick @ hidden.flatten(1)).view(len(rows), *hidden.shape[1:])
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> torch.Tensor:
