@@ -37,5 +37,6 @@ def fit_from_params(
             transform=transform,
             batch_transform=batch_transform,
             device=device(),
-            callback=lambda step, loss: bar.update(1),
+            callback=lambda step, loss: bar.update(step + 1 - bar.n),
+            log_every=25,
         )

@@ -10,9 +10,7 @@ import torch
 from tailsynth.data.manifest import load_rows
 from tailsynth.io import folder_digest
 from tailsynth.methods.registry import Method
-from tailsynth.models.generator import load_pipeline
 from tailsynth.synth.runner import finish, run_plan, write_manifest
-from tailsynth.synth.sampler import LatentDiffusionSampler
 
 from _common import device, log, progress_bar
 
@@ -24,7 +22,12 @@ class Synthesis:
     """The generator loaded once per process (fp16 on CUDA), with accelerate's process layout."""
 
     def __init__(self, scheduler: str):
+        # Imported here, not at the top: diffusers takes about 4 s to import, and bad params should
+        # fail before that.
         from accelerate import PartialState
+
+        from tailsynth.models.generator import load_pipeline
+        from tailsynth.synth.sampler import LatentDiffusionSampler
 
         self.state = PartialState()
         self.device = device() if self.state.device.type == "cpu" else self.state.device

@@ -196,3 +196,24 @@ def test_rgb_backbone_weights_load_into_a_grayscale_resnet(tmp_path):
     assert torch.equal(gray.net.backbone.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
     with pytest.raises(TailsynthError, match="does not match arch 'resnet34'"):
         load_pretrained_backbone(build_classifier("resnet34", 5, 3, 32), tmp_path / "r18.safetensors")
+
+
+def test_fit_reports_window_means_without_changing_training():
+    x, y = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
+    config = FitConfig(steps=7, batch_size=4, lr=0.01)
+    every, windows = [], []
+    a = fit_classifier(
+        build_classifier("small_cnn", 3, 1, 8, width=4), x, y, config, callback=lambda s, v: every.append(v)
+    )
+    b = fit_classifier(
+        build_classifier("small_cnn", 3, 1, 8, width=4),
+        x,
+        y,
+        config,
+        callback=lambda s, v: windows.append((s, v)),
+        log_every=3,
+    )
+    assert [s for s, _ in windows] == [2, 5, 6]  # two full windows and the last, shorter one
+    expected = [sum(every[0:3]) / 3, sum(every[3:6]) / 3, every[6]]
+    assert [v for _, v in windows] == pytest.approx(expected, rel=1e-5)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

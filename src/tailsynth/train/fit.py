@@ -67,13 +67,16 @@ def fit_classifier(
     batch_transform: BatchTransform | None = None,
     device: str | torch.device = "cpu",
     callback: Callable[[int, float], None] | None = None,
+    log_every: int = 1,
 ) -> Classifier:
     """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1]) and ``labels`` (N,).
 
     ``transform`` augments one image (an :class:`~tailsynth.methods.augment.Augmentation` runs
     on the whole batch at once, on ``device``); ``batch_transform`` (CutMix, MixUp) maps a batch
     and its integer labels to a batch and soft labels (N, K). ``images`` may stay on the CPU:
-    each batch is gathered there and moved to ``device``. Returns the model in eval mode.
+    each batch is gathered there and moved to ``device``. ``callback(step, loss)`` gets the mean
+    loss of every ``log_every`` steps (and of the last, shorter window), read back from the device
+    once per window: a per-step read would stall a GPU every step. Returns the model in eval mode.
     """
     torch.manual_seed(seed)
     k = model.config["num_classes"]
@@ -92,6 +95,7 @@ def fit_classifier(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     batch_gen = torch.Generator().manual_seed(seed + 17)
+    window, in_window = torch.zeros((), device=device), 0
     for step in range(config.steps):
         start = step * config.batch_size
         idx = draws[start : start + config.batch_size]
@@ -112,5 +116,10 @@ def fit_classifier(
         opt.step()
         sched.step()
         if callback is not None:
-            callback(step, loss.item())
+            window += loss.detach()
+            in_window += 1
+            if in_window == log_every or step + 1 == config.steps:
+                callback(step, float(window) / in_window)
+                window.zero_()
+                in_window = 0
     return model.eval()
