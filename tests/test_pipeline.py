@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -197,6 +198,82 @@ def test_noop_repro_runs_nothing(project):
     assert ran_stages(proc.stdout) == set()
 
 
+def steps(args: list[str], cwd: Path, check: bool = True, **env: str):
+    """ci/steps.sh as the workflows run it, with this interpreter's dvc and python."""
+    return run(["env", f"TAILSYNTH_BIN={Path(sys.executable).parent}", *[f"{k}={v}" for k, v in env.items()],
+                "bash", "ci/steps.sh", *args], cwd, check=check)  # fmt: skip
+
+
+GENIE_STAGES = {"synth_genie@genie", "retrain@genie", "evaluate@genie", "fewshot_synth@genie", "fewshot_eval@genie"}
+
+
+@pytest.fixture(scope="module")
+def remote(project, tmp_path_factory):
+    """A local-folder remote holding the committed run's outputs and run cache."""
+    url = tmp_path_factory.mktemp("remote")
+    run([DVC, "remote", "modify", "--local", "storage", "url", str(url)], project)
+    run([DVC, "push", "--run-cache", "--all-commits"], project)
+    return url
+
+
+def fresh_clone(project: Path, dest: Path, remote: Path) -> Path:
+    run(["git", "clone", "-q", str(project), str(dest)], dest.parent)
+    out = steps(["remote"], dest, DVC_REMOTE_URL=str(remote)).stdout
+    assert f"DVC remote storage -> {remote}" in out
+    return dest
+
+
+def test_a_fresh_clone_pulls_everything_and_runs_nothing(project, remote, tmp_path):
+    clone = fresh_clone(project, tmp_path / "clone", remote)
+    run([DVC, "pull"], clone)
+    assert ran_stages(run([DVC, "repro"], clone).stdout) == set()
+    assert json.loads(run([DVC, "status", "--json"], clone).stdout) == {}
+    # The committed results come out of the committed code: every file from the remote, byte for byte.
+    proc = steps(["reproduce"], clone)
+    assert "stages run: 0" in proc.stdout and "committed results reproduce" in proc.stdout
+    # A committed metric that its code does not produce turns the check red, naming the file.
+    path = clone / "metrics/evaluate/none.json"
+    forged = json.loads(path.read_text())
+    forged["acc"]["few"] = 0.0
+    path.write_text(json.dumps(forged))
+    run(["git", "commit", "-q", "-am", "forge a metric"], clone)
+    proc = steps(["reproduce"], clone, check=False)
+    assert proc.returncode == 1
+    assert "evaluate@none" in proc.stdout and "metrics/evaluate/none.json: acc.few committed 0.0000" in proc.stderr
+
+
+def test_gpu_experiment_pulls_what_exists_reruns_only_genie_pushes_and_reports(project, remote, tmp_path):
+    # What gpu.yml runs: `dvc exp run --pull --allow-missing -S ...` in a clone with no data, then
+    # `dvc push --run-cache`, then the report against the base.
+    clone = fresh_clone(project, tmp_path / "clone", remote)
+    base_r = yaml.safe_load((clone / "params.yaml").read_text())["genie"]["r"]
+    proc = steps(["gpu-exp", "genie.r=0.8"], clone)
+    assert ran_stages(proc.stdout) == GENIE_STAGES | {"report"}
+    assert (pd.read_csv(clone / "data/synthetic/genie/manifest.csv")["r"] == 0.8).all()
+    assert not (clone / "models/retrain/none").exists()  # no stage that ran needs it: not fetched
+    cloud = json.loads(run([DVC, "status", "--cloud", "--json"], clone).stdout)
+    assert "new" not in cloud.values()  # what it computed was pushed ("deleted": on the remote, not fetched here)
+
+    steps(["report", "HEAD"], clone)
+    text = (clone / "pr_report/report.md").read_text()
+    assert f"| genie.r | {base_r} | 0.8 |" in text
+    section = text.split("## Metrics")[1].split("## Plots")[0]
+    rows = [line.split(" | ")[:2] for line in section.splitlines() if line.startswith("| metrics/")]
+    assert rows  # every metric that moved is GeNIe's; untouched methods are not in the report
+    assert all(
+        f in ("| metrics/evaluate/genie.json", "| metrics/fewshot/genie.json") or m.startswith("genie.")
+        for f, m in rows
+    )
+    pngs = {p.name for p in (clone / "pr_report").glob("*.png")}
+    assert any(n.startswith("plot__metrics__plots__per_class.csv") for n in pngs)
+    assert {"base__metrics__plots__samples__genie.png", "head__metrics__plots__samples__genie.png"} <= pngs
+    assert "base__metrics__plots__samples__none.png" not in pngs
+
+    bad = steps(["report", "no-such-branch"], clone, check=False)
+    assert bad.returncode == 2
+    assert "base ref `no-such-branch` does not exist" in (clone / "pr_report/report.md").read_text()
+
+
 def test_rerunning_the_generator_changes_nothing_downstream(project):
     # Its folder (the identity that keys every synthetic row) must hold no run-dependent bytes such as
     # timings: a forced re-run gives the same hash in dvc.lock, so no synthetic set is regenerated.
@@ -282,3 +359,34 @@ def test_exp_run_of_the_weak_augmentation_reaches_the_generated_methods(project)
     assert {f"retrain@{m}" for m in ["weak", *GENERATED]} <= ran
     assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & ran
     assert "fewshot_eval@weak" in ran and not any(s.startswith(("synth", "fewshot_synth")) for s in ran)
+
+
+# `dvc exp show --md` with the columns a reviewer reads: the params that were swept and the few-class metrics.
+EXP_SHOW = [DVC, "exp", "show", "--md", "--drop", ".*", "--keep", r"Experiment|genie\.r|acc\.few|shot\.mean"]
+
+
+def test_queued_sweep_runs_two_at_a_time_on_the_shared_cache(project):
+    run(["git", "reset", "-q", "--hard"], project)
+    run([DVC, "checkout", "--force"], project)
+    run([DVC, "exp", "run", "--queue", "-S", "genie.r=0.6,0.7,0.8"], project)
+    run([DVC, "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run([DVC, "queue", "status"], project).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status
+    rows = json.loads(run([DVC, "exp", "show", "--json"], project).stdout)
+    by_r = {}
+    for commit in rows:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            r = data["params"]["params.yaml"]["data"]["genie"]["r"]
+            by_r[r] = data["metrics"]["metrics/evaluate/genie.json"]["data"]["acc"]["few"]
+    baseline = json.loads(run(["git", "show", "HEAD:metrics/evaluate/genie.json"], project).stdout)["acc"]["few"]
+    assert set(by_r) == {0.6, 0.7, 0.8}
+    assert by_r[0.7] == baseline  # the committed params: same result, from the shared cache
+    assert len({by_r[0.6], by_r[0.7], by_r[0.8]}) == 3  # each noise ratio gives its own result
+    table = run(EXP_SHOW, project).stdout
+    assert "genie.r" in table and "acc.few" in table and "acc_std" not in table and "kl_weight" not in table
