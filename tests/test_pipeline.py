@@ -265,7 +265,10 @@ def test_gpu_experiment_pulls_what_exists_reruns_only_genie_pushes_and_reports(p
         for f, m in rows
     )
     pngs = {p.name for p in (clone / "pr_report").glob("*.png")}
-    assert any(n.startswith("plot__metrics__plots__per_class.csv") for n in pngs)
+    for csv in ("per_class.csv", "by_bucket.csv", "chosen_r.csv", "r_sweep.csv"):  # a plot iff its data changed
+        base = run(["git", "show", f"HEAD:metrics/plots/{csv}"], clone).stdout
+        changed = base != (clone / "metrics/plots" / csv).read_text()
+        assert changed == any(n.startswith(f"plot__metrics__plots__{csv}") for n in pngs), csv
     assert {"base__metrics__plots__samples__genie.png", "head__metrics__plots__samples__genie.png"} <= pngs
     assert "base__metrics__plots__samples__none.png" not in pngs
 
@@ -362,7 +365,8 @@ def test_exp_run_of_the_weak_augmentation_reaches_the_generated_methods(project)
 
 
 # `dvc exp show --md` with the columns a reviewer reads: the params that were swept and the few-class metrics.
-EXP_SHOW = [DVC, "exp", "show", "--md", "--drop", ".*", "--keep", r"Experiment|genie\.r|acc\.few|shot\.mean"]
+KEEP = r"Experiment|genie\.r|metrics/(evaluate|fewshot)/genie\.json:(acc\.few|.shot\.mean)"  # as in the README
+EXP_SHOW = [DVC, "exp", "show", "--md", "--drop", ".*", "--keep", KEEP]
 
 
 def test_queued_sweep_runs_two_at_a_time_on_the_shared_cache(project):
@@ -378,15 +382,27 @@ def test_queued_sweep_runs_two_at_a_time_on_the_shared_cache(project):
         time.sleep(3)
     assert "Failed" not in status, status
     rows = json.loads(run([DVC, "exp", "show", "--json"], project).stdout)
-    by_r = {}
+    files = ("metrics/evaluate/genie.json", "metrics/fewshot/genie.json")
+    by_r: dict[float, set[str]] = {}
     for commit in rows:
         for exp in commit.get("experiments") or []:
             data = exp["revs"][0]["data"]
             r = data["params"]["params.yaml"]["data"]["genie"]["r"]
-            by_r[r] = data["metrics"]["metrics/evaluate/genie.json"]["data"]["acc"]["few"]
-    baseline = json.loads(run(["git", "show", "HEAD:metrics/evaluate/genie.json"], project).stdout)["acc"]["few"]
+            result = json.dumps([data["metrics"][f]["data"] for f in files], sort_keys=True)
+            by_r.setdefault(r, set()).add(result)  # earlier tests' experiments at 0.8 count too
+    committed = json.dumps(
+        [json.loads(run(["git", "show", f"HEAD:{f}"], project).stdout) for f in files], sort_keys=True
+    )
     assert set(by_r) == {0.6, 0.7, 0.8}
-    assert by_r[0.7] == baseline  # the committed params: same result, from the shared cache
-    assert len({by_r[0.6], by_r[0.7], by_r[0.8]}) == 3  # each noise ratio gives its own result
+    assert all(len(results) == 1 for results in by_r.values())  # same params, same result
+    assert by_r[0.7] == {committed}  # the committed params: the committed result, from the shared cache
+    assert len(set.union(*by_r.values())) == 3  # each noise ratio gives its own GeNIe metrics
     table = run(EXP_SHOW, project).stdout
-    assert "genie.r" in table and "acc.few" in table and "acc_std" not in table and "kl_weight" not in table
+    header = table.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "Experiment",
+        "metrics/fewshot/genie.json:1shot.mean",
+        "metrics/fewshot/genie.json:5shot.mean",
+        "metrics/evaluate/genie.json:acc.few",
+        "genie.r",
+    ]
