@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import stage_server
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("dvc.yaml", "params.yaml", "stages", "src", "ci", "pyproject.toml")
+_shim: Path | None = None
+
+
+def stage_shim() -> Path:
+    """The folder holding the ``python`` shim of :mod:`stage_server`, started on first use.
+
+    ``TAILSYNTH_TEST_FRESH_PROCESSES=1`` turns it off: every stage then starts its own interpreter.
+    """
+    global _shim
+    if _shim is None:
+        folder = Path(tempfile.mkdtemp(prefix="tailsynth-stage-server-"))
+        server = stage_server.install(folder)
+        atexit.register(server.kill)
+        atexit.register(shutil.rmtree, folder, True)
+        _shim = folder
+    return _shim
 
 
 def deep_update(base: dict, override: dict) -> dict:
@@ -23,9 +42,15 @@ def deep_update(base: dict, override: dict) -> dict:
     return base
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with this venv first on PATH; stage scripts go to the stage server
+    unless ``fresh`` (or ``TAILSYNTH_TEST_FRESH_PROCESSES=1``)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if not fresh and os.environ.get("TAILSYNTH_TEST_FRESH_PROCESSES") != "1":
+        shim = stage_shim()
+        env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+        cmd = [str(shim / "python") if c == sys.executable else c for c in cmd]
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:

@@ -198,90 +198,13 @@ def test_noop_repro_runs_nothing(project):
     assert ran_stages(proc.stdout) == set()
 
 
-def steps(args: list[str], cwd: Path, check: bool = True, **env: str):
-    """ci/steps.sh as the workflows run it, with this interpreter's dvc and python."""
-    return run(["env", f"TAILSYNTH_BIN={Path(sys.executable).parent}", *[f"{k}={v}" for k, v in env.items()],
-                "bash", "ci/steps.sh", *args], cwd, check=check)  # fmt: skip
-
-
-GENIE_STAGES = {"synth_genie@genie", "retrain@genie", "evaluate@genie", "fewshot_synth@genie", "fewshot_eval@genie"}
-
-
-@pytest.fixture(scope="module")
-def remote(project, tmp_path_factory):
-    """A local-folder remote holding the committed run's outputs and run cache."""
-    url = tmp_path_factory.mktemp("remote")
-    run([DVC, "remote", "modify", "--local", "storage", "url", str(url)], project)
-    run([DVC, "push", "--run-cache", "--all-commits"], project)
-    return url
-
-
-def fresh_clone(project: Path, dest: Path, remote: Path) -> Path:
-    run(["git", "clone", "-q", str(project), str(dest)], dest.parent)
-    out = steps(["remote"], dest, DVC_REMOTE_URL=str(remote)).stdout
-    assert f"DVC remote storage -> {remote}" in out
-    return dest
-
-
-def test_a_fresh_clone_pulls_everything_and_runs_nothing(project, remote, tmp_path):
-    clone = fresh_clone(project, tmp_path / "clone", remote)
-    run([DVC, "pull"], clone)
-    assert ran_stages(run([DVC, "repro"], clone).stdout) == set()
-    assert json.loads(run([DVC, "status", "--json"], clone).stdout) == {}
-    # The committed results come out of the committed code: every file from the remote, byte for byte.
-    proc = steps(["reproduce"], clone)
-    assert "stages run: 0" in proc.stdout and "committed results reproduce" in proc.stdout
-    # A committed metric that its code does not produce turns the check red, naming the file.
-    path = clone / "metrics/evaluate/none.json"
-    forged = json.loads(path.read_text())
-    forged["acc"]["few"] = 0.0
-    path.write_text(json.dumps(forged))
-    run(["git", "commit", "-q", "-am", "forge a metric"], clone)
-    proc = steps(["reproduce"], clone, check=False)
-    assert proc.returncode == 1
-    assert "evaluate@none" in proc.stdout and "metrics/evaluate/none.json: acc.few committed 0.0000" in proc.stderr
-
-
-def test_gpu_experiment_pulls_what_exists_reruns_only_genie_pushes_and_reports(project, remote, tmp_path):
-    # What gpu.yml runs: `dvc exp run --pull --allow-missing -S ...` in a clone with no data, then
-    # `dvc push --run-cache`, then the report against the base.
-    clone = fresh_clone(project, tmp_path / "clone", remote)
-    base_r = yaml.safe_load((clone / "params.yaml").read_text())["genie"]["r"]
-    proc = steps(["gpu-exp", "genie.r=0.8"], clone)
-    assert ran_stages(proc.stdout) == GENIE_STAGES | {"report"}
-    assert (pd.read_csv(clone / "data/synthetic/genie/manifest.csv")["r"] == 0.8).all()
-    assert not (clone / "models/retrain/none").exists()  # no stage that ran needs it: not fetched
-    cloud = json.loads(run([DVC, "status", "--cloud", "--json"], clone).stdout)
-    assert "new" not in cloud.values()  # what it computed was pushed ("deleted": on the remote, not fetched here)
-
-    steps(["report", "HEAD"], clone)
-    text = (clone / "pr_report/report.md").read_text()
-    assert f"| genie.r | {base_r} | 0.8 |" in text
-    section = text.split("## Metrics")[1].split("## Plots")[0]
-    rows = [line.split(" | ")[:2] for line in section.splitlines() if line.startswith("| metrics/")]
-    assert rows  # every metric that moved is GeNIe's; untouched methods are not in the report
-    assert all(
-        f in ("| metrics/evaluate/genie.json", "| metrics/fewshot/genie.json") or m.startswith("genie.")
-        for f, m in rows
-    )
-    pngs = {p.name for p in (clone / "pr_report").glob("*.png")}
-    for csv in ("per_class.csv", "by_bucket.csv", "chosen_r.csv", "r_sweep.csv"):  # a plot iff its data changed
-        base = run(["git", "show", f"HEAD:metrics/plots/{csv}"], clone).stdout
-        changed = base != (clone / "metrics/plots" / csv).read_text()
-        assert changed == any(n.startswith(f"plot__metrics__plots__{csv}") for n in pngs), csv
-    assert {"base__metrics__plots__samples__genie.png", "head__metrics__plots__samples__genie.png"} <= pngs
-    assert "base__metrics__plots__samples__none.png" not in pngs
-
-    bad = steps(["report", "no-such-branch"], clone, check=False)
-    assert bad.returncode == 2
-    assert "base ref `no-such-branch` does not exist" in (clone / "pr_report/report.md").read_text()
-
-
 def test_rerunning_the_generator_changes_nothing_downstream(project):
     # Its folder (the identity that keys every synthetic row) must hold no run-dependent bytes such as
     # timings: a forced re-run gives the same hash in dvc.lock, so no synthetic set is regenerated.
+    # In a fresh interpreter (the other stages here ran in the tests' stage server): also the check that
+    # the server's forked stages write exactly what a fresh process writes.
     lock = (project / "dvc.lock").read_text()
-    proc = run([DVC, "repro", "--force", "--single-item", "generator"], project)
+    proc = run([DVC, "repro", "--force", "--single-item", "generator"], project, fresh=True)
     assert ran_stages(proc.stdout) == {"generator"}
     assert (project / "dvc.lock").read_text() == lock  # the folder's hash: every file byte-identical
     info = json.loads((project / "models/generator/tailsynth.json").read_text())
@@ -406,3 +329,84 @@ def test_queued_sweep_runs_two_at_a_time_on_the_shared_cache(project):
         "metrics/evaluate/genie.json:acc.few",
         "genie.r",
     ]
+
+
+def steps(args: list[str], cwd: Path, check: bool = True, **env: str):
+    """ci/steps.sh as the workflows run it, with this interpreter's dvc and python."""
+    return run(["env", f"TAILSYNTH_BIN={Path(sys.executable).parent}", *[f"{k}={v}" for k, v in env.items()],
+                "bash", "ci/steps.sh", *args], cwd, check=check)  # fmt: skip
+
+
+GENIE_STAGES = {"synth_genie@genie", "retrain@genie", "evaluate@genie", "fewshot_synth@genie", "fewshot_eval@genie"}
+
+
+# These come last: the remote fixture points the project at a local-folder remote, and every test above
+# must run with the committed .dvc/config (its placeholder S3 remote) as a fresh clone has it.
+@pytest.fixture(scope="module")
+def remote(project, tmp_path_factory):
+    """A local-folder remote holding the committed run's outputs and run cache."""
+    url = tmp_path_factory.mktemp("remote")
+    run([DVC, "remote", "modify", "--local", "storage", "url", str(url)], project)
+    run([DVC, "push", "--run-cache", "--all-commits"], project)
+    return url
+
+
+def fresh_clone(project: Path, dest: Path, remote: Path) -> Path:
+    run(["git", "clone", "-q", str(project), str(dest)], dest.parent)
+    out = steps(["remote"], dest, DVC_REMOTE_URL=str(remote)).stdout
+    assert f"DVC remote storage -> {remote}" in out
+    return dest
+
+
+def test_a_fresh_clone_pulls_everything_and_runs_nothing(project, remote, tmp_path):
+    clone = fresh_clone(project, tmp_path / "clone", remote)
+    run([DVC, "pull"], clone)
+    assert ran_stages(run([DVC, "repro"], clone).stdout) == set()
+    assert json.loads(run([DVC, "status", "--json"], clone).stdout) == {}
+    # The committed results come out of the committed code: every file from the remote, byte for byte.
+    proc = steps(["reproduce"], clone)
+    assert "stages run: 0" in proc.stdout and "committed results reproduce" in proc.stdout
+    # A committed metric that its code does not produce turns the check red, naming the file.
+    path = clone / "metrics/evaluate/none.json"
+    forged = json.loads(path.read_text())
+    forged["acc"]["few"] = 0.0
+    path.write_text(json.dumps(forged))
+    run(["git", "commit", "-q", "-am", "forge a metric"], clone)
+    proc = steps(["reproduce"], clone, check=False)
+    assert proc.returncode == 1
+    assert "evaluate@none" in proc.stdout and "metrics/evaluate/none.json: acc.few committed 0.0000" in proc.stderr
+
+
+def test_gpu_experiment_pulls_what_exists_reruns_only_genie_pushes_and_reports(project, remote, tmp_path):
+    # What gpu.yml runs: `dvc exp run --pull --allow-missing -S ...` in a clone with no data, then
+    # `dvc push --run-cache`, then the report against the base.
+    clone = fresh_clone(project, tmp_path / "clone", remote)
+    base_r = yaml.safe_load((clone / "params.yaml").read_text())["genie"]["r"]
+    proc = steps(["gpu-exp", "genie.r=0.5"], clone)  # a value no test above ran
+    assert ran_stages(proc.stdout) == GENIE_STAGES | {"report"}
+    assert (pd.read_csv(clone / "data/synthetic/genie/manifest.csv")["r"] == 0.5).all()
+    assert not (clone / "models/retrain/none").exists()  # no stage that ran needs it: not fetched
+    cloud = json.loads(run([DVC, "status", "--cloud", "--json"], clone).stdout)
+    assert "new" not in cloud.values()  # what it computed was pushed ("deleted": on the remote, not fetched here)
+
+    steps(["report", "HEAD"], clone)
+    text = (clone / "pr_report/report.md").read_text()
+    assert f"| genie.r | {base_r} | 0.5 |" in text
+    section = text.split("## Metrics")[1].split("## Plots")[0]
+    rows = [line.split(" | ")[:2] for line in section.splitlines() if line.startswith("| metrics/")]
+    assert rows  # every metric that moved is GeNIe's; untouched methods are not in the report
+    assert all(
+        f in ("| metrics/evaluate/genie.json", "| metrics/fewshot/genie.json") or m.startswith("genie.")
+        for f, m in rows
+    )
+    pngs = {p.name for p in (clone / "pr_report").glob("*.png")}
+    for csv in ("per_class.csv", "by_bucket.csv", "chosen_r.csv", "r_sweep.csv"):  # a plot iff its data changed
+        base = run(["git", "show", f"HEAD:metrics/plots/{csv}"], clone).stdout
+        changed = base != (clone / "metrics/plots" / csv).read_text()
+        assert changed == any(n.startswith(f"plot__metrics__plots__{csv}") for n in pngs), csv
+    assert {"base__metrics__plots__samples__genie.png", "head__metrics__plots__samples__genie.png"} <= pngs
+    assert "base__metrics__plots__samples__none.png" not in pngs
+
+    bad = steps(["report", "no-such-branch"], clone, check=False)
+    assert bad.returncode == 2
+    assert "base ref `no-such-branch` does not exist" in (clone / "pr_report/report.md").read_text()
