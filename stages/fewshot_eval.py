@@ -21,7 +21,7 @@ from tailsynth.methods import registry
 from tailsynth.methods.episodic import augmented_support, select_rows
 from tailsynth.metrics.keys import level_key
 from tailsynth.models.classifier import load_classifier, predict
-from tailsynth.synth.plan import read_synthetic
+from tailsynth.synth.plan import read_complete_synthetic
 from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
 
 from _common import device, load_params, log, prepared_dir, stage
@@ -52,7 +52,7 @@ def main(method: str) -> None:
         )
     else:
         source = m.synthetic_dir(registry.FEWSHOT)
-        rows = read_synthetic(source)
+        rows = read_complete_synthetic(source, f"fewshot_synth@{method}")
         if m.ada:  # GeNIe-Ada: the chosen level of each pair, per shot count (written before the manifest)
             if not (source / ADA_CHOICES).is_file():
                 raise TailsynthError(

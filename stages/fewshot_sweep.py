@@ -16,7 +16,7 @@ from tailsynth.methods import registry
 from tailsynth.methods.episodic import select_rows
 from tailsynth.metrics.keys import level_key
 from tailsynth.models.classifier import load_classifier
-from tailsynth.synth.plan import read_synthetic
+from tailsynth.synth.plan import read_complete_synthetic
 from tailsynth.train.fewshot import evaluate_episodes, mean_ci95
 
 from _common import device, load_params, log, prepared_dir, stage
@@ -33,7 +33,7 @@ def main() -> None:
     oracle = load_classifier("models/oracle", device())
     features = episode_features(backbone, folder, episodes, channels)
     source = next(m for m in registry.methods(registry.FEWSHOT) if m.ada).synthetic_dir(registry.FEWSHOT)
-    rows = read_synthetic(source)
+    rows = read_complete_synthetic(source, "fewshot_synth@genie_ada")
     gen_features = features_by_image(backbone, source, rows["image"].tolist(), channels)
     result, table = {}, []
     for r in sorted(set(rows["r"].astype(float))):

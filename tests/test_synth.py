@@ -7,8 +7,8 @@ from tailsynth.errors import TailsynthError
 from tailsynth.methods.generated import plan_generated
 from tailsynth.methods.registry import SOURCE_KEY, TEXT_KEY
 from tailsynth.models import generator as gen
-from tailsynth.synth.plan import finalize_rows, read_plan, row_key
-from tailsynth.synth.runner import finish, pending_rows, run_plan, write_manifest
+from tailsynth.synth.plan import finalize_rows, read_complete_synthetic, read_plan, read_synthetic, row_key
+from tailsynth.synth.runner import finish, pending_rows, retry_seed, run_plan, write_manifest
 from tailsynth.synth.sampler import LatentDiffusionSampler
 
 CLASSES = [
@@ -182,7 +182,7 @@ def test_runner_shards_cover_every_row_once(tmp_path):
     def generator_for(rank):
         def fake_generate(batch, sources):
             seen.setdefault(rank, []).extend(batch["row"])
-            return torch.zeros(len(batch), 1, 8, 8)
+            return torch.full((len(batch), 1, 8, 8), 0.5)
 
         return fake_generate
 
@@ -207,3 +207,38 @@ def test_finish_refuses_incomplete_sets(tmp_path):
     with pytest.raises(RuntimeError, match="missing"):
         finish(table, tmp_path, 8)
     assert not (tmp_path / "manifest.csv").exists()
+
+
+def test_a_nan_or_black_sample_is_retried_once_with_a_derived_seed_then_reported(tmp_path):
+    table = finalize_rows(plan("txt2img", {"mode": "txt2img"}), "gen", TEXT_KEY)
+    seeds = table["seed"].tolist()
+    nan_once, black_twice = seeds[1], seeds[4]
+    calls = []
+
+    def fake_generate(batch, sources):
+        calls.append(batch["seed"].tolist())
+        out = []
+        for s in batch["seed"]:
+            if s == nan_once:
+                out.append(torch.full((1, 8, 8), float("nan")))
+            elif s in (black_twice, retry_seed(black_twice)):
+                out.append(torch.zeros(1, 8, 8))
+            else:
+                out.append(torch.full((1, 8, 8), 0.25 + (s % 100) / 400))
+        return torch.stack(out)
+
+    run_plan(table, tmp_path, fake_generate, lambda b: None, image_size=8, channels=1, batch_size=4)
+    # Two batches of 4, then each bad row alone with its derived seed (row 1 in batch 1, row 4 in batch 2).
+    assert calls == [seeds[:4], [retry_seed(nan_once)], seeds[4:], [retry_seed(black_twice)]]
+    manifest = finish(table, tmp_path, 8)
+    assert manifest["retry_seed"].tolist() == [0, retry_seed(nan_once), 0, 0, retry_seed(black_twice), 0, 0, 0]
+    assert manifest["failed"].tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+    write_manifest(manifest, tmp_path)
+    assert len(read_synthetic(tmp_path)) == 7 and 4 not in read_synthetic(tmp_path)["row"].tolist()
+    assert len(read_synthetic(tmp_path, usable=False)) == 8  # reported in the manifest, never silently kept
+    with pytest.raises(TailsynthError, match="1 samples stayed NaN or black after their retry"):
+        read_complete_synthetic(tmp_path, "fewshot_synth@txt2img")  # few-shot episodes need every image
+    calls.clear()
+    run_plan(table, tmp_path, fake_generate, lambda b: None, image_size=8, channels=1, batch_size=4)
+    assert calls == []  # a resumed run keeps the retried rows and their record (it travels in the PNG)
+    assert finish(table, tmp_path, 8)["retry_seed"].equals(manifest["retry_seed"])

@@ -59,9 +59,31 @@ def read_plan(folder: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False)
 
 
-def read_synthetic(folder: str | Path) -> pd.DataFrame:
-    """The finished manifest of a synthetic set (written once every planned image exists)."""
+def read_synthetic(folder: str | Path, usable: bool = True) -> pd.DataFrame:
+    """The finished manifest of a synthetic set (written once every planned image exists).
+
+    With ``usable`` (the default), rows whose sample stayed NaN or black after its retry (``failed``
+    = 1, see :func:`tailsynth.synth.runner.finish`) are left out: they are reported, never trained on.
+    """
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise TailsynthError(f"{path} not found; run the synth stage for this method first")
-    return pd.read_csv(path, keep_default_na=False)
+    rows = pd.read_csv(path, keep_default_na=False)
+    if usable and "failed" in rows:
+        rows = rows[rows["failed"].astype(int) == 0].reset_index(drop=True)
+    return rows
+
+
+def read_complete_synthetic(folder: str | Path, stage: str) -> pd.DataFrame:
+    """The whole manifest of a set whose every row is needed (few-shot episodes add fixed counts).
+
+    A row whose sample failed its retry is an error naming the manifest and ``stage`` to re-run.
+    """
+    rows = read_synthetic(folder, usable=False)
+    failed = int(rows["failed"].astype(int).sum()) if "failed" in rows else 0
+    if failed:
+        raise TailsynthError(
+            f"{Path(folder) / MANIFEST}: {failed} samples stayed NaN or black after their retry (failed = 1) and "
+            f"every episode needs its images; re-run {stage} with another seed (fewshot_synth.seed)"
+        )
+    return rows

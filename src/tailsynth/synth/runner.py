@@ -12,6 +12,7 @@ from PIL import Image
 
 from tailsynth.data.images import match_channels, png_text, resize_batch, save_png
 from tailsynth.io import atomic_write_text, file_digest
+from tailsynth.seeding import derive_seed
 from tailsynth.synth.plan import MANIFEST, write_plan
 
 # (rows of one batch, their source images or None) -> images (N, C, H, W) in [0, 1]
@@ -19,6 +20,18 @@ from tailsynth.synth.plan import MANIFEST, write_plan
 GenerateFn = Callable[[pd.DataFrame, torch.Tensor | None], torch.Tensor | tuple[torch.Tensor, pd.DataFrame]]
 SourceFn = Callable[[pd.DataFrame], torch.Tensor | None]
 BATCH_KEYS = ("mode", "r", "steps", "cfg")
+# Manifest columns of the NaN / black-sample check, in every synthetic set (0 where nothing happened).
+CHECK_COLUMNS = ("retry_seed", "failed")
+
+
+def bad_image(image: torch.Tensor) -> bool:
+    """True for a sample that is no image: any NaN or infinite value, or all black (below half a grey level)."""
+    return not bool(torch.isfinite(image).all()) or float(image.max()) < 0.5 / 255
+
+
+def retry_seed(seed: int) -> int:
+    """The seed of a row's one retry, derived from its own seed only."""
+    return derive_seed(int(seed), "retry")
 
 
 def image_ok(path: Path, size: int) -> bool:
@@ -79,25 +92,41 @@ def run_plan(
         missing = [not image_ok(folder / rel, image_size) for rel in batch["image"]]
         if not any(missing):
             continue
-        out = generate(batch, load_sources(batch))
-        images, extras = out if isinstance(out, tuple) else (out, None)
-        images = resize_batch(match_channels(images, channels), image_size)
+        sources = load_sources(batch)
+        images, extras = _generated(generate(batch, sources), channels, image_size)
         for pos, (rel, img) in enumerate(zip(batch["image"], images, strict=True)):
             if not missing[pos]:
                 continue
             # Per-row results (e.g. Ada's chosen_r) travel inside the PNG, so a resumed run keeps them.
-            text = None if extras is None else {k: repr(float(v)) for k, v in extras.iloc[pos].items()}
-            save_png(img, folder / rel, text)
+            text = {} if extras is None else {k: repr(float(v)) for k, v in extras.iloc[pos].items()}
+            if bad_image(img):  # NaN or black: once more, alone, with a derived seed; then reported, not hidden
+                row = batch.iloc[[pos]]
+                seed = retry_seed(row["seed"].iloc[0])
+                one = None if sources is None else sources[pos : pos + 1]
+                again, again_extras = _generated(generate(row.assign(seed=seed), one), channels, image_size)
+                img = again[0]
+                text = {} if again_extras is None else {k: repr(float(v)) for k, v in again_extras.iloc[0].items()}
+                text |= {"retry_seed": repr(float(seed)), "failed": repr(float(bad_image(img)))}
+            save_png(img.nan_to_num(0.0), folder / rel, text or None)
         if progress is not None:
             progress(sum(missing))
     return plan
 
 
+def _generated(out, channels: int, image_size: int) -> tuple[torch.Tensor, pd.DataFrame | None]:
+    """A generate function's result as (images in the output format, per-row extras or None)."""
+    images, extras = out if isinstance(out, tuple) else (out, None)
+    return resize_batch(match_channels(images, channels), image_size), extras
+
+
 def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFrame:
     """Remove images not in the plan (left by earlier params), check every row; return the manifest.
 
-    Per-row results stored in the PNGs (numbers) become extra manifest columns. The manifest is
-    not written here: :func:`write_manifest` marks the set complete, after any method extras.
+    Per-row results stored in the PNGs (numbers) become extra manifest columns, and every manifest
+    has ``retry_seed`` (the seed of the one retry of a NaN or black sample, else 0) and ``failed``
+    (1 when the retry was no image either: :func:`tailsynth.synth.plan.read_synthetic` leaves such
+    rows out). The manifest is not written here: :func:`write_manifest` marks the set complete,
+    after any method extras.
     """
     folder = Path(folder)
     wanted = {str(folder / rel) for rel in plan["image"]}
@@ -111,6 +140,8 @@ def finish(plan: pd.DataFrame, folder: str | Path, image_size: int) -> pd.DataFr
     manifest = pd.concat([plan.reset_index(drop=True), extras], axis=1) if len(extras.columns) else plan.copy()
     if "chosen_r" in manifest:  # rows planned with r = "ada" record the ratio that was kept
         manifest["r"] = manifest["chosen_r"]
+    for col in CHECK_COLUMNS:  # only retried rows carry them in their PNG
+        manifest[col] = manifest[col].fillna(0).astype("int64") if col in manifest else 0
     # With the image digests the manifest stands for the whole set: consumers depend on it alone.
     manifest["sha"] = [file_digest(folder / rel) for rel in manifest["image"]]
     return manifest
