@@ -4,11 +4,34 @@ from _common import device, progress_bar
 
 
 def fit_from_params(
-    section: dict, images, labels, num_classes: int, *, seed: int, transform=None, batch_transform=None
+    section: dict,
+    images,
+    labels,
+    num_classes: int,
+    *,
+    seed: int,
+    transform=None,
+    batch_transform=None,
+    groups=None,
+    where: str = "retrain",
 ):
-    """Build and train a classifier as a params section (classifier, oracle, retrain) describes it."""
+    """Build and train a classifier as a params section (classifier, oracle, retrain) describes it.
+
+    ``groups`` (N,) integer group codes, where the data has groups, serve ``balanced: group``;
+    ``where`` names the section in errors.
+    """
+    from tailsynth.errors import TailsynthError
     from tailsynth.models.classifier import build_classifier, load_pretrained_backbone
     from tailsynth.train.fit import FitConfig, fit_classifier
+
+    balanced = section.get("balanced", True)
+    if balanced not in (True, False, "group"):
+        raise TailsynthError(f"{where}.balanced must be true, false or group, got {balanced!r}")
+    if balanced == "group" and groups is None:
+        raise TailsynthError(
+            f"{where}.balanced is group but the data has no groups (use a dataset with contexts, e.g. "
+            "digits_groups or nico_pp, or set it to true)"
+        )
 
     model = build_classifier(
         section["arch"],
@@ -25,7 +48,7 @@ def fit_from_params(
         steps=section["steps"],
         batch_size=section["batch_size"],
         lr=section["lr"],
-        balanced=section.get("balanced", True),
+        balanced=balanced,
     )
     with progress_bar(config.steps, f"train {section['arch']} seed {seed}") as bar:
         return fit_classifier(
@@ -39,4 +62,5 @@ def fit_from_params(
             device=device(),
             callback=lambda step, loss: bar.update(step + 1 - bar.n),
             log_every=25,
+            groups=groups,
         )

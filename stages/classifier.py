@@ -30,7 +30,9 @@ def main() -> None:
     k = len(classes)
     images, labels = load_split(folder, "train", channels)
     transform, batch_transform = training_augmentation(p["augment"], k)
-    model = fit_from_params(p, images, labels, k, seed=p["seed"], transform=transform, batch_transform=batch_transform)
+    model = fit_from_params(
+        p, images, labels, k, seed=p["seed"], transform=transform, batch_transform=batch_transform, where="classifier"
+    )
     train_logits = predict(model, images.float() / 255)[0]
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels.numpy(), train_logits.argmax(1).numpy()), 1)

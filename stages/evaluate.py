@@ -6,22 +6,26 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
+from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, write_json
 from tailsynth.methods import registry
 from tailsynth.metrics.accuracy import evaluate_runs
+from tailsynth.metrics.coverage import class_density_coverage
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.synth.plan import read_synthetic
 
-from _common import device, load_params, log, prepared_dir, stage
+from _common import device, load_params, log, prepared_dir, require, stage
 
 
 @stage
 def main(method: str) -> None:
     m = registry.get(method, registry.LONG_TAIL)
     params = load_params()
+    density_k = require(params["eval"], "density_k", "eval")  # checked for every method: all declare it
+    if not isinstance(density_k, int) or isinstance(density_k, bool) or density_k < 1:
+        raise TailsynthError(f"eval.density_k must be a whole number >= 1, got {density_k!r}")
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
@@ -31,10 +35,12 @@ def main(method: str) -> None:
     if not runs:
         raise TailsynthError(f"no retrained models in models/retrain/{method}; run retrain@{method} first")
     predictions = [predict(load_classifier(run, device()), test_x)[0].argmax(1).numpy() for run in runs]
-    result, per_seed = evaluate_runs(predictions, test_y.numpy(), classes)
+    manifest = read_manifest(folder)  # a dataset with groups (contexts) gets worst- and average-group accuracy
+    groups = select_rows(manifest, "test")["group"].astype(str).to_numpy() if "group" in manifest else None
+    result, per_seed = evaluate_runs(predictions, test_y.numpy(), classes, groups)
     result["n_synthetic"] = 0
     if m.generated:
-        result.update(synthetic_quality(m.synthetic_dir(registry.LONG_TAIL), test_x, test_y, channels))
+        result.update(synthetic_quality(m.synthetic_dir(registry.LONG_TAIL), test_x, test_y, channels, density_k))
     log.info("evaluate %s: %s", method, {k: round(v, 4) for k, v in result["acc"].items()})
     out = Path("metrics/evaluate")
     seeds = pd.DataFrame([{"seed": int(run.name[4:]), **acc} for run, acc in zip(runs, per_seed, strict=True)])
@@ -42,8 +48,9 @@ def main(method: str) -> None:
     write_json(out / f"{method}.json", result)
 
 
-def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tensor, channels: int) -> dict:
-    """oracle_acc (label consistency), fd_oracle and, with the Inception weights, Inception FID."""
+def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tensor, channels: int, k: int) -> dict:
+    """oracle_acc (label consistency), fd_oracle, density and coverage (k-NN balls, class by class) and,
+    with the Inception weights, Inception FID."""
     rows = read_synthetic(synthetic)
     if len(rows) == 0:
         return {"n_synthetic": 0}
@@ -62,6 +69,16 @@ def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tenso
         return out
     _, real_feats = predict(oracle, real)
     out["fd_oracle"] = frechet_distance(feats.numpy(), real_feats.numpy())
+    real_y = test_y[same]
+    counts = {int(c): int((real_y == c).sum()) for c in labels.unique()}
+    scored = torch.tensor([c for c, n in counts.items() if n > k], dtype=torch.int64)
+    if len(scored) < len(counts):
+        log.info("density/coverage leave out classes with <= eval.density_k (%d) test images: %s", k, counts)
+    if len(scored):
+        keep = torch.isin(labels, scored)
+        out["density"], out["coverage"] = class_density_coverage(
+            real_feats.numpy(), real_y.numpy(), feats[keep].numpy(), labels[keep].numpy(), k=k
+        )
     path, reason = inception_weights_path()
     if path is None:
         log.info("%s", reason)

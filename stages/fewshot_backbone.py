@@ -57,7 +57,14 @@ def main() -> None:
         y = torch.tensor([remap[int(v)] for v in labels[keep]])
         transform, batch_transform = training_augmentation(p["augment"], len(base))
         model = fit_from_params(
-            p, images[keep], y, len(base), seed=p["seed"], transform=transform, batch_transform=batch_transform
+            p,
+            images[keep],
+            y,
+            len(base),
+            seed=p["seed"],
+            transform=transform,
+            batch_transform=batch_transform,
+            where="fewshot_backbone",
         )
         log.info("few-shot backbone trained on %d images of base classes %s", int(keep.sum()), base)
         extra = {"role": "fewshot_backbone", "base_classes": base}

@@ -21,7 +21,9 @@ def main() -> None:
     classes = read_classes(folder)
     if p["source"] == "train":
         images, labels = load_split(folder, p["train_split"], channels, "oracle.train_split")
-        model = fit_from_params(p, images, labels, len(classes), seed=p["seed"], transform=weak_transform())
+        model = fit_from_params(
+            p, images, labels, len(classes), seed=p["seed"], transform=weak_transform(), where="oracle"
+        )
     elif p["source"] == "path":
         model = load_classifier(require(p, "model", "oracle"))
         want = {"num_classes": len(classes), "in_channels": channels}

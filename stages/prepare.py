@@ -2,9 +2,11 @@
 
 from tailsynth.data.csv_source import scan_csv
 from tailsynth.data.digits import load_digits_split
+from tailsynth.data.digits_groups import load_digits_groups
 from tailsynth.data.imagefolder import scan_imagefolder
 from tailsynth.data.imagenet_lt import scan_imagenet_lt
 from tailsynth.data.mini_imagenet import scan_split_csvs
+from tailsynth.data.nico_pp import scan_nico_pp
 from tailsynth.data.prepare import Record, write_prepared
 from tailsynth.errors import TailsynthError
 
@@ -20,23 +22,38 @@ def main() -> None:
     if not isinstance(p["size"], int) or p["size"] < 8:
         raise TailsynthError(f"data.size must be an integer >= 8, got {p['size']!r}")
     scan = None
-    if kind == "digits":
-        d = load_digits_split(
-            size=p["size"],
-            imbalance_ratio=p["imbalance_ratio"],
-            max_per_class=p["max_per_class"],
-            test_per_class=p["test_per_class"],
-            val_per_class=p["val_per_class"],
-            seed=p["seed"],
-        )
+    if kind in ("digits", "digits_groups"):
+        digits_args = {
+            "size": p["size"],
+            "imbalance_ratio": p["imbalance_ratio"],
+            "max_per_class": p["max_per_class"],
+            "test_per_class": p["test_per_class"],
+            "val_per_class": p["val_per_class"],
+            "seed": p["seed"],
+        }
+        if kind == "digits":
+            d = load_digits_split(**digits_args)
+        else:
+            d = load_digits_groups(group_ratio=require(p, "group_ratio", "data"), **digits_args)
+        groups = d.get("groups", [None] * len(d["labels"]))
         records = [
-            Record(key=f"{i:05d}", image=img, label=int(y), split=str(s), in_pool=bool(pool))
-            for i, (img, y, s, pool) in enumerate(zip(d["images"], d["labels"], d["split"], d["in_pool"], strict=True))
+            Record(key=f"{i:05d}", image=img, label=int(y), split=str(s), in_pool=bool(pool), group=g)
+            for i, (img, y, s, pool, g) in enumerate(
+                zip(d["images"], d["labels"], d["split"], d["in_pool"], groups, strict=True)
+            )
         ]
         names = d["names"]
     elif kind == "imagefolder":
         records, names = scan_imagefolder(
             require(p, "root", "data"), val_fraction=p["val_fraction"], test_fraction=p["test_fraction"], seed=p["seed"]
+        )
+    elif kind == "nico_pp":
+        records, names = scan_nico_pp(
+            require(p, "root", "data"),
+            split_files=p.get("split_files"),
+            val_fraction=p["val_fraction"],
+            test_fraction=p["test_fraction"],
+            seed=p["seed"],
         )
     elif kind == "csv":
         records, names = scan_csv(require(p, "csv", "data"), p.get("root"))
@@ -48,8 +65,8 @@ def main() -> None:
         )
     else:
         raise TailsynthError(
-            f"unknown data.dataset {kind!r}; use digits, imagefolder, csv, mini_imagenet (also tiered-ImageNet) "
-            "or imagenet_lt"
+            f"unknown data.dataset {kind!r}; use digits, digits_groups, imagefolder, csv, nico_pp, mini_imagenet "
+            "(also tiered-ImageNet) or imagenet_lt"
         )
     if scan is not None:
         records, names = scan.records, scan.names

@@ -106,7 +106,9 @@ def main() -> None:
     if reason:
         log.warning("generated rows are unreliable: %s", reason)
 
-    paired_lt = paired_table(seeds, LT_COLUMNS, BASELINES)
+    # Worst-group and average-group accuracy are paired too, on datasets with groups.
+    lt_columns = LT_COLUMNS + [c for c in ("worst_group", "avg_group") if c in seeds["none"].columns]
+    paired_lt = paired_table(seeds, lt_columns, BASELINES)
     paired_fs = paired_table(episodes, shot_columns, BASELINES)
     rows = summary_rows(results)
     # One table for every method: long-tail columns, few-shot columns and paired differences side by side.
@@ -123,7 +125,7 @@ def main() -> None:
     text = summary_markdown(rows, oracle=header, unreliable=unreliable)
     text += "\n" + paired_markdown(
         paired_lt,
-        LT_COLUMNS,
+        lt_columns,
         BASELINES,
         f"Long-tail, paired over {params['eval']['seeds']} seeds (accuracy difference in points, 95% t interval)",
     )
@@ -158,7 +160,7 @@ def main() -> None:
         text += (
             f"\n⚠ The oracle's own test accuracy is {100 * oracle['test_acc']:.1f}% "
             f"(< report.min_oracle_test_acc {100 * params['report']['min_oracle_test_acc']:.0f}%): "
-            "oracle acc and fd_oracle are not to be trusted.\n"
+            "oracle acc, fd_oracle, density and coverage are not to be trusted.\n"
         )
     tested = set(read_manifest(folder).query("split == 'test'")["label"].astype(int))
     untested = [c["name"] for c in classes if c["index"] not in tested]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
+from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir
 from tailsynth.methods import registry
@@ -29,6 +29,7 @@ def main(method: str) -> None:
     channels, _ = image_shape(folder)
     images, labels = load_split(folder, "train", channels)
     n_real = len(labels)
+    groups = train_groups(folder)
     augment = params.get("augment", {})
     if m.generated:
         rows = read_synthetic(m.synthetic_dir(registry.LONG_TAIL))
@@ -43,17 +44,36 @@ def main(method: str) -> None:
     else:
         transform, batch_transform = training_augmentation(method, len(classes), augment.get(method))
     n_synthetic = len(labels) - n_real
+    if groups is not None:  # synthetic images form one more group of their class
+        groups = torch.cat([groups, torch.full((n_synthetic,), int(groups.max()) + 1, dtype=torch.int64)])
     log.info("retrain %s: %d real + %d synthetic images", method, n_real, n_synthetic)
     with atomic_dir(Path("models/retrain") / method) as tmp:
         for seed in range(params["eval"]["seeds"]):
             model = fit_from_params(
-                p, images, labels, len(classes), seed=seed, transform=transform, batch_transform=batch_transform
+                p,
+                images,
+                labels,
+                len(classes),
+                seed=seed,
+                transform=transform,
+                batch_transform=batch_transform,
+                groups=groups,
             )
             save_classifier(
                 model,
                 tmp / f"seed{seed}",
                 extra={"method": method, "seed": seed, "n_real": n_real, "n_synthetic": n_synthetic},
             )
+
+
+def train_groups(folder) -> torch.Tensor | None:
+    """Integer group codes (N,) of the train rows (in load_split's order), or None without a group column."""
+    manifest = read_manifest(folder)
+    if "group" not in manifest:
+        return None
+    names = select_rows(manifest, "train")["group"].astype(str)
+    codes = {g: i for i, g in enumerate(sorted(set(names)))}
+    return torch.tensor([codes[g] for g in names], dtype=torch.int64)
 
 
 if __name__ == "__main__":

@@ -67,11 +67,14 @@ def test_summary_table_and_plot_tables():
             "n_synthetic": 50,
             "oracle_acc": 0.97,
             "fd_oracle": 1.5,
+            "density": 0.8,
+            "coverage": 0.25,
         },
     }
     rows = summary_rows(results)
     md = summary_markdown(rows)
-    assert "| txt2img | 60.0 ± 2.0 | 90.0 ± 0.0 | — | 30.0 ± 0.0 | 97.0 | 1.5 | — | 50 |" in md
+    assert "| txt2img | 60.0 ± 2.0 | 90.0 ± 0.0 | — | 30.0 ± 0.0 | 97.0 | 1.5 | 0.8 | 25.0 | — | 50 |" in md
+    assert "| none | 50.0 ± 1.0 | 90.0 ± 0.0 | — | 10.0 ± 0.0 | — | — | — | — | — | 0 |" in md
     assert list(per_class_table(results, CLASSES)["txt2img"]) == [0.9, 0.3]
     assert list(bucket_table(results)["bucket"]) == ["overall", "many", "few"]
 
@@ -83,3 +86,30 @@ def test_chosen_r_table_keeps_every_level_of_every_column():
     assert table["count"].tolist() == [2, 0, 1, 0]
     assert table["genie_ada_1shot"].tolist() == [1, 3, 0, 0]
     assert table["genie_ada_5shot"].tolist() == [0, 0, 0, 2]
+
+
+def test_density_and_coverage_known_answers():
+    from tailsynth.metrics.coverage import class_density_coverage, density_coverage
+
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])  # k = 1: every ball has radius 1
+    # 0.5 lies in the balls of 0 and 1 (2 hits), 10 in none: density 2 / (1 * 2); reals 0 and 1 covered.
+    assert density_coverage(real, np.array([[0.5], [10.0]]), k=1) == (1.0, 0.5)
+    assert density_coverage(real, real, k=1) == (2.5, 1.0)  # ends in 2 balls, inner points in 3: 10 / 4
+    # Class-conditional: a class-0 sample sitting on the class-1 reals counts for nothing.
+    labels = np.array([0, 0, 1, 1])
+    fake, fake_labels = np.array([[2.5], [0.5]]), np.array([0, 1])
+    assert class_density_coverage(real, labels, fake, fake_labels, k=1) == (0.0, 0.0)
+    assert class_density_coverage(real, labels, fake[::-1], fake_labels, k=1) == (2.0, 1.0)  # 2 balls each
+    with pytest.raises(ValueError, match="class 0: 2 real samples, need more than k = 2"):
+        class_density_coverage(real, labels, fake, fake_labels, k=2)
+
+
+def test_density_and_coverage_of_the_real_distribution_itself():
+    from tailsynth.metrics.coverage import density_coverage
+
+    rng = np.random.default_rng(0)
+    real, same, shifted = rng.normal(size=(1000, 4)), rng.normal(size=(1000, 4)), rng.normal(size=(1000, 4)) + 3
+    density, coverage = density_coverage(real, same, k=5)
+    # Naeem et al.: for identical distributions E[density] = 1 and E[coverage] = 1 - 1/2^k (M = N).
+    assert density == pytest.approx(1.0, abs=0.06) and coverage == pytest.approx(1 - 0.5**5, abs=0.02)
+    assert density_coverage(real, shifted, k=5)[1] < 0.2

@@ -108,6 +108,7 @@ def test_metrics_are_in_range(project):
         if m in GENERATED:
             assert row["n_synthetic"] == (8 if m in GENIE else 12)
             assert 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
+            assert row["density"] >= 0 and 0 <= row["coverage"] <= 1  # 50 test images a class > eval.density_k
     for m in METHODS:
         ev = json.loads((project / "metrics/evaluate" / f"{m}.json").read_text())
         assert ev["n_seeds"] == 2 and len(ev["per_class_acc"]) == 10 and set(ev["acc_std"]) == set(ev["acc"])
@@ -285,6 +286,27 @@ def test_exp_run_of_the_weak_augmentation_reaches_the_generated_methods(project)
     assert {f"retrain@{m}" for m in ["weak", *GENERATED]} <= ran
     assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & ran
     assert "fewshot_eval@weak" in ran and not any(s.startswith(("synth", "fewshot_synth")) for s in ran)
+
+
+def test_exp_run_on_the_group_imbalanced_digits_reports_worst_group_accuracy(project):
+    # The whole pipeline on another dataset, by one param, as the README says; groups reach every method's
+    # metrics, the paired comparisons and the table.
+    proc = run([DVC, "exp", "run", "-S", "data.dataset=digits_groups", "-S", "retrain.balanced=group"], project)
+    stages = ran_stages(proc.stdout)
+    assert {"prepare", "generator", "report"} | {f"evaluate@{m}" for m in METHODS} <= stages
+    manifest = pd.read_csv(project / "data/prepared/digits_groups/manifest.csv")
+    assert set(manifest["group"]) == {"plain", "inverted", "rotated", "thick"}
+    for m in METHODS:
+        ev = json.loads((project / "metrics/evaluate" / f"{m}.json").read_text())
+        assert len(ev["group_acc"]) == 40  # 10 classes x 4 contexts, all in the balanced test split
+        assert ev["worst_group"] == pytest.approx(
+            pd.read_csv(project / "metrics/evaluate" / f"{m}_seeds.csv")["worst_group"].mean()
+        )
+        assert min(ev["group_acc"].values()) >= ev["worst_group"] - 1e-9  # mean of minima <= minimum of means
+    summary = json.loads((project / "metrics/summary.json").read_text())
+    assert all("paired_worst_group_vs_none" in summary[m] for m in METHODS if m != "none")
+    text = (project / "metrics/summary.md").read_text()
+    assert "| avg group | worst group |" in text and "worst_group vs none" in text
 
 
 # `dvc exp show --md` with the columns a reviewer reads: the params that were swept and the few-class metrics.

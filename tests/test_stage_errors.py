@@ -148,3 +148,10 @@ def test_fewshot_backbone_from_a_torchvision_checkpoint(project, tmp_path):
         body = torch.nn.Sequential(*list(net.children())[:-1])
         expected = body(rgb).flatten(1)
     assert torch.allclose(feats, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [0, 2.5, "five"])
+def test_density_k_must_be_a_whole_number(project, k):
+    proc = project("evaluate.py", "none", params={"eval": {"density_k": k}})
+    assert_one_line_error(proc, "eval.density_k", "whole number")
+    assert not (project.root / "metrics").exists()

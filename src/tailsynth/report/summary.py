@@ -10,7 +10,8 @@ from tailsynth.metrics.keys import level_from_key
 from tailsynth.metrics.paired import paired_difference
 
 ACC_COLUMNS = ("overall", "many", "medium", "few")
-SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "fid", "n_synthetic")
+GROUP_COLUMNS = ("avg_group", "worst_group")  # datasets with groups (contexts) only
+SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "density", "coverage", "fid", "n_synthetic")
 
 
 def summary_rows(results: dict[str, dict]) -> list[dict]:
@@ -22,6 +23,9 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
             if col in m.get("acc", {}):
                 row[f"acc_{col}"] = m["acc"][col]
                 row[f"acc_{col}_std"] = m.get("acc_std", {}).get(col, 0.0)
+        for col in GROUP_COLUMNS:
+            if col in m:
+                row[col], row[f"{col}_std"] = m[col], m.get(f"{col}_std", 0.0)
         for col in SYNTH_COLUMNS:
             if col in m:
                 row[col] = m[col]
@@ -57,17 +61,23 @@ def summary_markdown(
 ) -> str:
     """A Markdown table: accuracies (%, mean ± std over seeds) and synthetic-set metrics.
 
-    ``oracle`` is the oracle column's header (see :func:`oracle_header`); methods in ``unreliable``
-    are marked with a dagger (the report explains it).
+    Average and worst-group accuracy columns follow the buckets when the rows have them. ``oracle``
+    is the oracle column's header (see :func:`oracle_header`); methods in ``unreliable`` are marked
+    with a dagger (the report explains it).
     """
-    head = ["method", *[f"acc {c}" for c in ACC_COLUMNS], oracle, "fd_oracle", "FID", "n synthetic"]
+    groups = [c for c in GROUP_COLUMNS if any(c in r for r in rows)]
+    head = ["method", *[f"acc {c}" for c in ACC_COLUMNS], *[c.replace("_", " ") for c in groups]]
+    head += [oracle, "fd_oracle", "density", "coverage", "FID", "n synthetic"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [method_cell(r["method"], unreliable)]
         cells += [_fmt(r.get(f"acc_{c}"), r.get(f"acc_{c}_std")) for c in ACC_COLUMNS]
+        cells += [_fmt(r.get(c), r.get(f"{c}_std")) for c in groups]
         cells += [
             _fmt(r.get("oracle_acc")),
             _fmt(r.get("fd_oracle"), pct=False),
+            _fmt(r.get("density"), pct=False),
+            _fmt(r.get("coverage")),
             _fmt(r.get("fid"), pct=False),
             str(r.get("n_synthetic", 0)),
         ]

@@ -1,4 +1,4 @@
-"""Fit a classifier for a fixed number of optimiser steps, with optional class-balanced sampling.
+"""Fit a classifier for a fixed number of optimiser steps, with optional class- or group-balanced sampling.
 
 A fixed step count (not epochs) keeps methods comparable when they add different amounts of data.
 """
@@ -27,7 +27,7 @@ class FitConfig:
     lr: float = 2e-3
     weight_decay: float = 5e-4
     warmup_steps: int = 50
-    balanced: bool = True
+    balanced: bool | str = True  # True: class-balanced; "group": class- then group-balanced; False: uniform
     label_smoothing: float = 0.0
 
 
@@ -37,10 +37,36 @@ def class_balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tens
     return 1.0 / counts[labels]
 
 
-def draw_indices(labels: torch.Tensor, num_classes: int, config: FitConfig, gen: torch.Generator) -> torch.Tensor:
-    """Indices into ``labels`` of every draw of the run, (steps * batch_size,): draw n is image ``out[n]``."""
+def group_balanced_weights(labels: torch.Tensor, groups: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample weights: every class is drawn equally often and, within a class, every group present.
+
+    ``groups`` (N,) holds an integer group code per sample (e.g. its context). Weight =
+    1 / (groups present in the sample's class × samples in its (class, group) cell).
+    """
+    stride = int(groups.max()) + 1
+    cells, inverse, cell_counts = torch.unique(labels * stride + groups, return_inverse=True, return_counts=True)
+    cells_of_class = torch.bincount(cells // stride, minlength=num_classes)
+    return 1.0 / (cells_of_class[labels] * cell_counts[inverse]).float()
+
+
+def draw_indices(
+    labels: torch.Tensor,
+    num_classes: int,
+    config: FitConfig,
+    gen: torch.Generator,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Indices into ``labels`` of every draw of the run, (steps * batch_size,): draw n is image ``out[n]``.
+
+    ``groups`` (N,) integer group codes are needed for ``config.balanced == "group"``.
+    """
     n_draws = config.steps * config.batch_size
-    if config.balanced:
+    if config.balanced == "group":
+        if groups is None:
+            raise ValueError("group-balanced sampling needs a group per sample")
+        weights = group_balanced_weights(labels, groups, num_classes)
+        sampler = WeightedRandomSampler(weights, n_draws, replacement=True, generator=gen)
+    elif config.balanced:
         weights = class_balanced_weights(labels, num_classes)
         sampler = WeightedRandomSampler(weights, n_draws, replacement=True, generator=gen)
     else:
@@ -68,6 +94,7 @@ def fit_classifier(
     device: str | torch.device = "cpu",
     callback: Callable[[int, float], None] | None = None,
     log_every: int = 1,
+    groups: torch.Tensor | None = None,
 ) -> Classifier:
     """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1]) and ``labels`` (N,).
 
@@ -76,11 +103,12 @@ def fit_classifier(
     and its integer labels to a batch and soft labels (N, K). ``images`` may stay on the CPU:
     each batch is gathered there and moved to ``device``. ``callback(step, loss)`` gets the mean
     loss of every ``log_every`` steps (and of the last, shorter window), read back from the device
-    once per window: a per-step read would stall a GPU every step. Returns the model in eval mode.
+    once per window: a per-step read would stall a GPU every step. ``groups`` (N,) integer group
+    codes serve ``config.balanced == "group"``. Returns the model in eval mode.
     """
     torch.manual_seed(seed)
     k = model.config["num_classes"]
-    draws = draw_indices(labels, k, config, torch.Generator().manual_seed(seed))
+    draws = draw_indices(labels, k, config, torch.Generator().manual_seed(seed), groups)
     # channels_last (NHWC): oneDNN's CPU convolutions run faster in it (about 1.3x on the retrain step).
     model.to(device, memory_format=torch.channels_last).train()
     # The fused AdamW (one kernel for all parameters) saves most of the optimiser's per-tensor overhead.
