@@ -17,15 +17,16 @@ uses the oracle's penultimate features).
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 
 def _counts(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[int, int]:
     """(Σ_j balls containing fake j, real samples whose ball holds a fake) for one class."""
     if len(real) <= k:
         raise ValueError(f"need more than k = {k} real samples per class, got {len(real)}")
-    real_d = np.linalg.norm(real[:, None, :] - real[None, :, :], axis=-1)
-    radius = np.sort(real_d, axis=1)[:, k]  # column 0 is the sample itself (distance 0)
-    inside = np.linalg.norm(fake[:, None, :] - real[None, :, :], axis=-1) <= radius[None, :]  # (M, N)
+    # cdist keeps memory at (N, N) and (M, N), never (M, N, D): features may be 2048-dim at real scale.
+    radius = np.sort(cdist(real, real), axis=1)[:, k]  # column 0 is the sample itself (distance 0)
+    inside = cdist(fake, real) <= radius[None, :]  # (M, N)
     return int(inside.sum()), int(inside.any(axis=0).sum())
 
 
