@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 from pipeline_utils import ROOT, deep_update, run
 
 from tailsynth.data.digits import load_digits_split
@@ -76,7 +77,6 @@ def test_nico_pp_bad_layouts(tmp_path):
     with pytest.raises(TailsynthError, match="no context folders"):
         scan_nico_pp(tmp_path)
     (tmp_path / "cat").mkdir()
-    Image = pytest.importorskip("PIL.Image")
     Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")
     with pytest.raises(TailsynthError, match=r"context folder .*cat has no class folders"):
         scan_nico_pp(tmp_path)
