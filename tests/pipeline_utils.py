@@ -42,8 +42,8 @@ def deep_update(base: dict, override: dict) -> dict:
     return base
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd`` with this venv first on PATH; stage scripts go to the stage server
+def command_env(cmd: list[str], fresh: bool = False) -> tuple[list[str], dict]:
+    """``cmd`` and its environment: this venv first on PATH; stage scripts go to the stage server
     unless ``fresh`` (or ``TAILSYNTH_TEST_FRESH_PROCESSES=1``)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -52,6 +52,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True, fresh: bool = False) -> s
         env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
         cmd = [str(shim / "python") if c == sys.executable else c for c in cmd]
     env.setdefault("PYTHONUNBUFFERED", "1")
+    return cmd, env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` (see :func:`command_env`), capturing its output."""
+    cmd, env = command_env(cmd, fresh)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         tail = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

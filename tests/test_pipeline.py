@@ -2,7 +2,10 @@
 
 import io
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from pipeline_utils import make_project, run, smoke_overrides
+from pipeline_utils import command_env, make_project, run, smoke_overrides
 
 from tailsynth.methods import registry
 
@@ -305,15 +308,48 @@ def queued(project):
     run([DVC, "checkout", "--force"], project)
     run([DVC, "exp", "run", "--queue", "-S", "genie.r=0.6,0.7,0.8"], project)
     run([DVC, "exp", "run", "--queue", "-n", "groups", *GROUPS_EXP], project)
-    run([DVC, "queue", "start", "-j", "2"], project)
+    # Not `run`: `dvc queue start` can outlive the queue (a worker that finished its last task after the
+    # queue monitor shut down stays alive, and so does the command), so it must not be waited for.
+    cmd, env = command_env([DVC, "queue", "start", "-j", "2"])
+    with open(project / "queue_start.log", "w") as log:
+        starter = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = run([DVC, "queue", "status"], project).stdout
         if not re.search(r"\b(Queued|Running)\b", status):
             break
         time.sleep(3)
+    stop_workers(project, starter)
     assert "Failed" not in status, status
+    assert not re.search(r"\b(Queued|Running)\b", status), status
     return json.loads(run([DVC, "exp", "show", "--json"], project).stdout)
+
+
+def stop_workers(project: Path, starter: subprocess.Popen, grace: float = 20) -> None:
+    """End the queue's workers (their pids are in .dvc/tmp/exps/celery/*.json) and ``starter``, once
+    the queue is empty: gracefully within ``grace`` seconds, else with SIGTERM."""
+    pids = [json.loads(f.read_text()).get("pid") for f in (project / ".dvc/tmp/exps/celery").glob("*.json")]
+    deadline = time.monotonic() + grace
+    for pid in filter(None, pids):
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.5)
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    try:
+        starter.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        starter.terminate()
+        starter.wait(timeout=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child still answers signal 0; ask the kernel for its state.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def experiments(rows: list[dict]):
