@@ -306,8 +306,10 @@ def queued(project):
     (one experiment named ``groups``); returns ``dvc exp show --json``."""
     run(["git", "reset", "-q", "--hard"], project)
     run([DVC, "checkout", "--force"], project)
-    run([DVC, "exp", "run", "--queue", "-S", "genie.r=0.6,0.7,0.8"], project)
+    # The whole-pipeline run first: one worker takes it while the other runs the three short sweep
+    # experiments (queued after it, the sweep's first experiment and it ran back to back: +75 s).
     run([DVC, "exp", "run", "--queue", "-n", "groups", *GROUPS_EXP], project)
+    run([DVC, "exp", "run", "--queue", "-S", "genie.r=0.6,0.7,0.8"], project)
     # Not `run`: `dvc queue start` can outlive the queue (a worker that finished its last task after the
     # queue monitor shut down stays alive, and so does the command), so it must not be waited for.
     cmd, env = command_env([DVC, "queue", "start", "-j", "2"])
