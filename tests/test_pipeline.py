@@ -306,10 +306,11 @@ def queued(project):
     (one experiment named ``groups``); returns ``dvc exp show --json``."""
     run(["git", "reset", "-q", "--hard"], project)
     run([DVC, "checkout", "--force"], project)
-    # The whole-pipeline run first: one worker takes it while the other runs the three short sweep
-    # experiments (queued after it, the sweep's first experiment and it ran back to back: +75 s).
+    # The whole-pipeline run first, so one worker takes it while the other runs the sweep. The sweep
+    # skips 0.8: an earlier test's experiment ran it (persistent outputs have no run cache, so a queued
+    # 0.8 would generate its rows again for about 90 s).
     run([DVC, "exp", "run", "--queue", "-n", "groups", *GROUPS_EXP], project)
-    run([DVC, "exp", "run", "--queue", "-S", "genie.r=0.6,0.7,0.8"], project)
+    run([DVC, "exp", "run", "--queue", "-S", "genie.r=0.6,0.7"], project)
     # Not `run`: `dvc queue start` can outlive the queue (a worker that finished its last task after the
     # queue monitor shut down stays alive, and so does the command), so it must not be waited for.
     cmd, env = command_env([DVC, "queue", "start", "-j", "2"])
@@ -374,10 +375,10 @@ def test_queued_sweep_runs_two_at_a_time_on_the_shared_cache(project, queued):
     committed = json.dumps(
         [json.loads(run(["git", "show", f"HEAD:{f}"], project).stdout) for f in files], sort_keys=True
     )
-    assert set(by_r) == {0.6, 0.7, 0.8}
+    assert {0.6, 0.7} <= set(by_r) <= {0.6, 0.7, 0.8}  # 0.8: test_exp_run_of_genie_r_reruns_only_genie's
     assert all(len(results) == 1 for results in by_r.values())  # same params, same result
     assert by_r[0.7] == {committed}  # the committed params: the committed result, from the shared cache
-    assert len(set.union(*by_r.values())) == 3  # each noise ratio gives its own GeNIe metrics
+    assert len(set.union(*by_r.values())) == len(by_r)  # each noise ratio gives its own GeNIe metrics
     table = run(EXP_SHOW, project).stdout
     header = table.splitlines()[0]
     assert [c.strip() for c in header.strip("|").split("|")] == [
