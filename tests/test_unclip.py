@@ -84,3 +84,46 @@ def test_condition_drops_split_the_unit_interval():
     no_text, no_image = uc.condition_drops(u, both=0.1, image=0.1, text=0.1)
     assert no_text.tolist() == [True, True, False, False, False]
     assert no_image.tolist() == [True, False, True, False, False]
+
+
+def test_feedback_guidance_steers_the_unclip_pipeline_through_its_legacy_callback(built):
+    # The unCLIP pipeline only has the older `callback`; the guidance's extra UNet pass must reuse the
+    # image embedding (class_labels) the pipeline fed its UNet, conditional half only.
+    from tailsynth.models.classifier import build_classifier
+    from tailsynth.synth.guidance import FeedbackGuidance, GuidanceConfig
+
+    _, pipe, _, _, embeds = built
+    pipe.set_progress_bar_config(disable=True)
+    classifier = build_classifier("small_cnn", 2, 1, 16, width=4, seed=0).eval()
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("class_labels")), with_kwargs=True)
+
+    def sample(omega):
+        guidance = FeedbackGuidance(classifier, torch.tensor([0, 1]), GuidanceConfig("loss", omega, 1))
+        with guidance.attached(pipe):
+            out = pipe(
+                prompt=PROMPTS,
+                image_embeds=embeds[:2],
+                num_inference_steps=3,
+                guidance_scale=3.0,
+                generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
+                height=16,
+                width=16,
+                output_type="pt",
+                callback=guidance.legacy_callback(pipe),
+            ).images
+        return out, guidance
+
+    try:
+        plain, g0 = sample(0.0)
+        seen.clear()
+        guided, g1 = sample(0.3)
+    finally:
+        handle.remove()
+    assert g0.guided_steps == [] and len(g1.guided_steps) == 2  # after steps 1 and 2 of 3
+    assert not torch.equal(plain, guided)
+    # Pipeline calls carry (uncond, cond) embeddings: 4 rows; the guidance pass gets the 2 conditional ones.
+    pipeline_calls = [c for c in seen if c.shape[0] == 4]
+    guidance_calls = [c for c in seen if c.shape[0] == 2]
+    assert len(pipeline_calls) == 3 and len(guidance_calls) == 2
+    assert torch.equal(guidance_calls[0], pipeline_calls[0][2:]) and not pipeline_calls[0][:2].any()
