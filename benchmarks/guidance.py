@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--every", type=int, nargs="+", default=[5, 1])
-    ap.add_argument("--criterion", default="loss")
+    ap.add_argument("--criterion", default="loss", choices=["loss", "entropy"])  # hardness needs class Gaussians
     ap.add_argument("--omega", type=float, default=0.03)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--variant", type=int, help=argparse.SUPPRESS)  # internal: run one variant, print JSON

@@ -26,7 +26,7 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from tailsynth.data.images import match_channels
-from tailsynth.models.generator import Callback, TrainResult, _batches, _lr_lambda, _token_ids
+from tailsynth.models.generator import Callback, TrainResult, _batches, _lr_lambda, _token_ids, _window_mean
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,7 @@ def train_image_encoder(
         window += loss.detach()
         done = step + 1
         if done % log_every == 0 or done == steps:
-            n = done % log_every or log_every
-            last = window.item() / n
+            last = _window_mean(window, done, log_every)
             window.zero_()
             if callback is not None:
                 callback(step, last)
@@ -299,8 +298,7 @@ def finetune_unclip(
         window += loss.detach()
         done = step + 1
         if done % log_every == 0 or done == steps:
-            k = done % log_every or log_every
-            last = window.item() / k
+            last = _window_mean(window, done, log_every)
             window.zero_()
             if callback is not None:
                 callback(step, last)

@@ -79,7 +79,8 @@ class FeedbackGuidance:
     Use as ``with guidance.attached(pipe): pipe(..., callback_on_step_end=guidance)``: attaching
     records the conditioning of the pipeline's UNet calls (text embeddings, and the image
     embedding of unCLIP pipelines), which the extra UNet pass reuses, conditional half only.
-    ``classifier`` must sit on the pipeline's device, in eval mode; ``gaussians`` serve ``hardness``.
+    ``classifier`` must sit on the pipeline's device (it is put in eval mode and its parameters are
+    frozen); ``gaussians`` serve ``hardness``.
     """
 
     def __init__(
