@@ -35,7 +35,10 @@ def conditioning_check(pipe, encoder, oracle, images, labels, prompts, *, pairs,
         for a, b in zip(pick[0::2], pick[1::2], strict=True):
             for s in range(seeds):
                 for c, o in ((a, b), (b, a)):
-                    cond.append(c), other.append(o), prompt.append(prompts[k]), seed.append(1000 * c + s)
+                    cond.append(c)
+                    other.append(o)
+                    prompt.append(prompts[k])
+                    seed.append(1000 * c + s)
     embeds = uc.embed_images(encoder, images)
     out = []
     for i in range(0, len(cond), 64):

@@ -147,7 +147,6 @@ def test_guided_sampling_moves_only_the_scheduled_steps_and_each_image_alone(tin
             ).images
         return out, guidance
 
-    pipe.scheduler = sampler.txt2img.scheduler
     plain = pipe(
         prompt=prompts,
         num_inference_steps=6,

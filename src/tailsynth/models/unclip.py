@@ -98,6 +98,33 @@ def _augment(x: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Ten
     return (shifted * scale - 1).clamp(-1, 1)
 
 
+class _LossWindow:
+    """Mean loss of each window of ``every`` steps (and of the last, shorter one), read back from the
+    device once per window; ``callback(step, mean)`` gets each. ``last`` is the latest mean."""
+
+    def __init__(self, every: int, steps: int, callback: Callback | None, device: str | torch.device):
+        self.every, self.steps, self.callback = every, steps, callback
+        self.total = torch.zeros((), device=device)
+        self.last = float("nan")
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.total += loss.detach()
+        done = step + 1
+        if done % self.every == 0 or done == self.steps:
+            self.last = _window_mean(self.total, done, self.every)
+            self.total.zero_()
+            if self.callback is not None:
+                self.callback(step, self.last)
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
+    """Backward, clip the gradient norm of ``params`` to 1, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def train_image_encoder(
     encoder,
     images: torch.Tensor,
@@ -135,7 +162,7 @@ def train_image_encoder(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(100, steps // 10)))
     x_all = encoder_input(images)
-    window, last = torch.zeros((), device=device), float("nan")
+    log = _LossWindow(log_every, steps, callback, device)
     for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
         x = x_all[idx]
         v1 = _augment(x, gen).to(device)
@@ -149,20 +176,11 @@ def train_image_encoder(
         sim = e1 @ e2.T / temperature
         instance_loss = (F.cross_entropy(sim, same) + F.cross_entropy(sim.T, same)) / 2
         loss = class_loss + instance_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, params)
         sched.step()
-        window += loss.detach()
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            last = _window_mean(window, done, log_every)
-            window.zero_()
-            if callback is not None:
-                callback(step, last)
+        log.add(step, loss)
     encoder.eval()
-    return TrainResult(last, steps)
+    return TrainResult(log.last, steps)
 
 
 def unclip_unet(base: UNet2DConditionModel, embedding_dim: int) -> UNet2DConditionModel:
@@ -264,7 +282,7 @@ def finetune_unclip(
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_params, live_params = list(ema.parameters()), list(unet.parameters())
     levels = pipe.image_noising_scheduler.config.num_train_timesteps
-    window, last = torch.zeros((), device=device), float("nan")
+    log = _LossWindow(log_every, steps, callback, device)
     for step, idx in enumerate(_batches(len(latent_mean), batch_size, steps, gen)):
         n = len(idx)
         z0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)) * scale
@@ -288,21 +306,12 @@ def finetune_unclip(
             cond_text = hidden_all[rows.to(device)]
         pred = unet(zt.to(device), t.to(device), encoder_hidden_states=cond_text, class_labels=cond_image).sample
         loss = F.mse_loss(pred, noise.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(live_params, 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, live_params)
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, live_params, 1 - decay)
-        window += loss.detach()
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            last = _window_mean(window, done, log_every)
-            window.zero_()
-            if callback is not None:
-                callback(step, last)
+        log.add(step, loss)
     with torch.no_grad():
         unet.load_state_dict(ema.state_dict())
     unet.eval()
-    return TrainResult(last, steps)
+    return TrainResult(log.last, steps)
