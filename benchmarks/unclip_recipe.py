@@ -19,49 +19,34 @@ import time
 import torch
 
 from tailsynth.data.manifest import load_split, read_classes
+from tailsynth.metrics.conditioning import conditioning_design, conditioning_distances
 from tailsynth.models import generator as gen
 from tailsynth.models import unclip as uc
-from tailsynth.models.classifier import load_classifier
-from tailsynth.synth.sampler import make_scheduler
+from tailsynth.models.classifier import load_classifier, predict
+from tailsynth.synth.unclip_sampler import UnCLIPSampler
 
 
-def conditioning_check(pipe, encoder, oracle, images, labels, prompts, *, pairs, seeds, noise_level, steps, cfg):
-    """(oracle acc, mean d(sample, cond), mean d(sample, other), fraction closer to cond)."""
-    g = torch.Generator().manual_seed(7)
-    cond, other, prompt, seed = [], [], [], []
-    for k in range(len(prompts)):
-        idx = torch.nonzero(labels == k).flatten()
-        pick = idx[torch.randperm(len(idx), generator=g)][: 2 * pairs].tolist()
-        for a, b in zip(pick[0::2], pick[1::2], strict=True):
-            for s in range(seeds):
-                for c, o in ((a, b), (b, a)):
-                    cond.append(c)
-                    other.append(o)
-                    prompt.append(prompts[k])
-                    seed.append(1000 * c + s)
-    embeds = uc.embed_images(encoder, images)
+def conditioning_check(sampler, oracle, images, labels, prompts, *, pairs, seeds, noise_level, steps, cfg):
+    """The generator_unclip_eval check: (oracle acc, d_cond, d_other, closer, n) on ``images`` (uint8)."""
+    design = conditioning_design(labels, pairs=pairs, seeds=seeds, seed=7)
     out = []
-    for i in range(0, len(cond), 64):
-        gens = [torch.Generator().manual_seed(s) for s in seed[i : i + 64]]
-        size = images.shape[-1]
-        result = pipe(
-            prompt=prompt[i : i + 64],
-            image_embeds=embeds[cond[i : i + 64]],
-            noise_level=noise_level,
-            num_inference_steps=steps,
-            guidance_scale=cfg,
-            generator=gens,
-            height=size,
-            width=size,
-            output_type="pt",
+    for i in range(0, len(design.cond), 64):
+        rows = slice(i, i + 64)
+        out.append(
+            sampler.generate(
+                [prompts[k] for k in design.labels[rows]],
+                design.seeds[rows],
+                steps=steps,
+                cfg=cfg,
+                cond_images=images[design.cond[rows]],
+                noise_level=noise_level,
+            )
         )
-        out.append(result.images.float().clamp(0, 1))
-    samples = torch.cat(out)
-    with torch.no_grad():
-        fs, fc, fo = oracle.features(samples), oracle.features(images[cond]), oracle.features(images[other])
-        acc = (oracle(samples).argmax(1) == labels[cond]).float().mean().item()
-    d_cond, d_other = (fs - fc).norm(dim=1), (fs - fo).norm(dim=1)
-    return acc, d_cond.mean().item(), d_other.mean().item(), (d_cond < d_other).float().mean().item(), len(cond)
+    logits, feats = predict(oracle, torch.cat(out))
+    _, real = predict(oracle, images.float() / 255)
+    d = conditioning_distances(feats, real[design.cond], real[design.other])
+    acc = float((logits.argmax(1) == torch.tensor(design.labels)).float().mean())
+    return acc, d["d_cond"], d["d_other"], d["closer"], d["n"]
 
 
 def main() -> None:
@@ -77,20 +62,19 @@ def main() -> None:
     classes = read_classes(args.prepared)
     pool, pool_labels = load_split(args.prepared, "pool", 1)
     test, test_labels = load_split(args.prepared, "test", 1)
-    pool, test = pool.float() / 255, test.float() / 255
     base = gen.load_pipeline("models/generator")
     prompts = [f"a photo of a {c['prompt_name']}" for c in classes]
-    ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length, return_tensors="pt")
-    with torch.no_grad():
-        class_text = base.text_encoder(ids.input_ids).pooler_output
+    class_text = uc.pooled_text(base, prompts)
     t0 = time.perf_counter()
     encoder, processor = uc.build_image_encoder(pool.shape[-1], uc.ImageEncoderConfig(), seed=0)
-    enc = uc.train_image_encoder(encoder, pool, pool_labels, class_text, steps=args.encoder_steps, batch_size=128)
+    enc = uc.train_image_encoder(
+        encoder, pool.float() / 255, pool_labels, class_text, steps=args.encoder_steps, batch_size=128
+    )
     t_encoder = time.perf_counter() - t0
-    embeds = uc.embed_images(encoder, pool)
+    embeds = uc.processor_embeddings(encoder, processor, pool)
     unet = uc.unclip_unet(base.unet, embeds.shape[1])
     pipe = uc.assemble_unclip(base, encoder, processor, uc.image_normalizer(embeds), unet)
-    mean, std = gen.encode_latents(base.vae, pool)
+    mean, std = gen.encode_latents(base.vae, pool.float() / 255)
     t1 = time.perf_counter()
     ft = uc.finetune_unclip(
         pipe,
@@ -104,15 +88,13 @@ def main() -> None:
     t_unet = time.perf_counter() - t1
     print(f"image encoder: {args.encoder_steps} steps x 128 in {t_encoder:.0f} s (loss {enc.loss:.3f})")
     print(f"UNet fine-tune: {args.unet_steps} steps x {args.batch_size} in {t_unet:.0f} s (loss {ft.loss:.4f})")
-    pipe.scheduler = make_scheduler("ddim", base.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+    sampler = UnCLIPSampler(pipe, "ddim")
     oracle = load_classifier("models/oracle").eval()
     print("| images | n | oracle acc | d(sample, cond) | d(sample, other) | gap | closer to cond |")
     print("|---|---|---|---|---|---|---|")
     for name, images, labels in (("pool", pool, pool_labels), ("held-out test", test, test_labels)):
         acc, dc, do, closer, n = conditioning_check(
-            pipe,
-            encoder,
+            sampler,
             oracle,
             images,
             labels,

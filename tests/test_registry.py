@@ -14,6 +14,7 @@ from tailsynth.errors import TailsynthError
 from tailsynth.methods import registry
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.methods.episodic import augmented_support
+from tailsynth.synth.criteria import CRITERIA
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -36,6 +37,8 @@ def has_param(key: str) -> bool:
 
 def test_every_stage_lists_exactly_the_registrys_methods():
     generated = [m.name for m in registry.methods(LT) if m.family == registry.GENERATED]
+    feedback = [m.name for m in registry.methods(LT) if m.family == registry.FEEDBACK]
+    assert list(foreach("synth_feedback")) == feedback
     genie = [m.name for m in registry.methods(LT) if m.family == registry.GENIE]
     assert list(foreach("retrain")) == registry.names(LT)
     assert list(foreach("evaluate")) == registry.names(LT)
@@ -83,14 +86,46 @@ def test_every_declared_param_exists_and_every_method_has_its_module():
     for m in registry.METHODS.values():
         assert all(has_param(key) for key in m.params), m.name
         if m.generated:
-            assert m.generation in ("txt2img", "img2img") and "seed" in m.key_fields and "method" in m.key_fields
+            assert (
+                m.generation in ("txt2img", "img2img", "unclip") and "seed" in m.key_fields and "method" in m.key_fields
+            )
             assert ("source_hash" in m.key_fields) == (m.generation == "img2img")
+            assert ("cond_hash" in m.key_fields and "guide" in m.key_fields) == (m.generation == "unclip")
         else:
             training_augmentation(m.name, 3, PARAMS["augment"][m.name])  # long-tail module knows it
             x = torch.rand(2, 1, 8, 8)
             added, _ = augmented_support(x, torch.tensor([0, 1]), ["a", "b"], m.name, copies=2, seed=0)
             assert len(added) == (0 if m.name == "none" else 4)  # few-shot module knows it
     assert [m for m in registry.METHODS.values() if m.ada] == [registry.METHODS["genie_ada"]]
+
+
+def test_the_feedback_ladder_adds_one_change_per_row():
+    ladder = registry.methods(LT, registry.FEEDBACK)
+    assert [m.name for m in ladder] == [
+        "ldm_text",
+        "ldm_text_image",
+        "ldm_text_image_dropout",
+        "feedback_loss",
+        "feedback_entropy",
+        "feedback_hardness",
+    ]
+    assert all(m.generation == "unclip" and m.modes == (LT,) for m in ladder)
+    steps = [(m.image, m.dropout, m.criterion is not None) for m in ladder]
+    assert steps == [(False, False, False), (True, False, False), (True, True, False)] + [(True, True, True)] * 3
+    # Each row's params are the row above's plus the section of its one change.
+    assert [m.params for m in ladder[:4]] == [
+        (),
+        (registry.IMAGE,),
+        (registry.IMAGE, registry.DROPOUT),
+        (registry.IMAGE, registry.DROPOUT, registry.GUIDANCE),
+    ]
+    assert tuple(m.criterion for m in ladder[3:]) == CRITERIA
+    items = foreach("synth_feedback")
+    assert list(items) == [m.name for m in ladder]
+    for m in ladder:
+        declared = {v for v in items[m.name].values() if v != "feedback.seed"}
+        assert declared == set(m.params), m.name
+    assert "feedback.seed" in DVC["stages"]["synth_feedback"]["do"]["params"]
 
 
 def test_lookups_give_clear_errors():

@@ -24,11 +24,15 @@ MODES = (LONG_TAIL, FEWSHOT)
 TRAINING = "training"  # training-time augmentation of the real images (no generator)
 GENERATED = "generated"  # the generator from a prompt (txt2img) or the target's own images (img2img)
 GENIE = "genie"  # the generator from *another* class's image, labelled as the target (hard negatives)
-FAMILIES = (TRAINING, GENERATED, GENIE)
+FEEDBACK = "feedback"  # the dual-conditioned (text + image) generator, optionally steered by classifier feedback
+FAMILIES = (TRAINING, GENERATED, GENIE, FEEDBACK)
 
 # Plan fields that determine a generated image; hashed (with the generator's identity) into its row key.
 TEXT_KEY = ("method", "target", "prompt", "seed", "r", "steps", "cfg", "scheduler")
 SOURCE_KEY = (*TEXT_KEY, "source_image", "source_hash")
+# ... of a dual-conditioned image: its conditioning image, the embedding's noise level and dropout, and the
+# guidance (criterion, step size, schedule and the guiding classifier's weights).
+UNCLIP_KEY = (*TEXT_KEY, "cond_image", "cond_hash", "noise_level", "dropout", "criterion", "omega", "every", "guide")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,13 @@ class Method:
     """One method of the comparison.
 
     ``generation`` is how a generated image is made: ``txt2img`` (from the prompt alone) or
-    ``img2img`` (a source image noised to ratio r and denoised with the target's prompt);
-    ``None`` for training-time methods. ``params`` are the param keys that decide the method's
-    output beyond what every method of its family shares. ``ada``: GeNIe-Ada keeps, per
-    (source, target) pair, one level of a noise grid chosen by an embedding network.
+    ``img2img`` (a source image noised to ratio r and denoised with the target's prompt),
+    ``unclip`` (the dual-conditioned generator from the prompt and, with ``image``, a real image
+    of the class); ``None`` for training-time methods. ``params`` are the param keys that decide
+    the method's output beyond what every method of its family shares. ``ada``: GeNIe-Ada keeps,
+    per (source, target) pair, one level of a noise grid chosen by an embedding network. The
+    feedback ladder's rows differ in ``image`` (a conditioning image), ``dropout`` (dropout on
+    its embedding) and ``criterion`` (classifier feedback during sampling, or None).
     """
 
     name: str
@@ -48,6 +55,9 @@ class Method:
     params: tuple[str, ...]
     generation: str | None = None
     ada: bool = False
+    image: bool = False
+    dropout: bool = False
+    criterion: str | None = None
 
     @property
     def generated(self) -> bool:
@@ -59,7 +69,7 @@ class Method:
         """Plan fields hashed into the key (and file name) of each generated image."""
         if not self.generated:
             return ()
-        return TEXT_KEY if self.generation == "txt2img" else SOURCE_KEY
+        return {"txt2img": TEXT_KEY, "unclip": UNCLIP_KEY}.get(self.generation, SOURCE_KEY)
 
     def synthetic_dir(self, mode: str) -> Path:
         """Where the synthetic set of this method lives in ``mode`` (``data/synthetic/<name>`` in long-tail)."""
@@ -69,6 +79,8 @@ class Method:
 
 
 BOTH = (LONG_TAIL, FEWSHOT)
+# The feedback ladder: each row one change from the row above, on the same dual-conditioned model.
+IMAGE, DROPOUT, GUIDANCE = "feedback.image", "feedback.dropout", "feedback.guidance"
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -83,6 +95,30 @@ METHODS: dict[str, Method] = {
         Method("img2img_high", GENERATED, BOTH, ("synth.img2img_high",), generation="img2img"),
         Method("genie", GENIE, BOTH, ("genie.r",), generation="img2img"),
         Method("genie_ada", GENIE, BOTH, ("genie.ada",), generation="img2img", ada=True),
+        Method("ldm_text", FEEDBACK, (LONG_TAIL,), (), generation="unclip"),
+        Method("ldm_text_image", FEEDBACK, (LONG_TAIL,), (IMAGE,), generation="unclip", image=True),
+        Method(
+            "ldm_text_image_dropout",
+            FEEDBACK,
+            (LONG_TAIL,),
+            (IMAGE, DROPOUT),
+            generation="unclip",
+            image=True,
+            dropout=True,
+        ),
+        *(
+            Method(
+                f"feedback_{criterion}",
+                FEEDBACK,
+                (LONG_TAIL,),
+                (IMAGE, DROPOUT, GUIDANCE),
+                generation="unclip",
+                image=True,
+                dropout=True,
+                criterion=criterion,
+            )
+            for criterion in ("loss", "entropy", "hardness")
+        ),
     )
 }
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from diffusers import (
     DDPMScheduler,
     StableDiffusionPipeline,
@@ -26,6 +27,7 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from tailsynth.data.images import match_channels
+from tailsynth.errors import TailsynthError
 from tailsynth.models.generator import Callback, TrainResult, _batches, _lr_lambda, _token_ids, _window_mean
 
 
@@ -85,6 +87,27 @@ def embed_images(encoder, images: torch.Tensor, batch_size: int = 256) -> torch.
     ]
     return torch.cat(out)
 
+
+
+@torch.no_grad()
+def processor_embeddings(encoder, processor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Image embeddings (N, projection_dim) of uint8 ``images`` (N, C, H, W) through ``processor`` (the
+    pipeline's feature extractor) and ``encoder``: what the pipeline computes from an ``image=`` argument,
+    for any unCLIP model. For the embedded encoder it equals :func:`embed_images` of ``images / 255``."""
+    encoder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size].to(torch.uint8).cpu()
+        pils = [Image.fromarray(im.permute(1, 2, 0).squeeze(-1).numpy()) for im in chunk]
+        pixels = processor(images=pils, return_tensors="pt").pixel_values
+        out.append(encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def pooled_text(pipe, prompts: list[str]) -> torch.Tensor:
+    """The text encoder's pooled outputs (K, T) of ``prompts``: the class targets of the image encoder."""
+    return pipe.text_encoder(_token_ids(pipe.tokenizer, prompts).to(pipe.text_encoder.device)).pooler_output
 
 def _augment(x: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Tensor:
     """A random view of each image of ``x`` (N, 3, H, W) in [-1, 1]: a shift of up to ``shift`` pixels
@@ -315,3 +338,22 @@ def finetune_unclip(
         unet.load_state_dict(ema.state_dict())
     unet.eval()
     return TrainResult(log.last, steps)
+
+
+def load_unclip(
+    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, param: str = "model"
+) -> StableUnCLIPImg2ImgPipeline:
+    """Load a dual-conditioned pipeline from a local diffusers folder (e.g. ``models/generator_unclip``)
+    or a hub id (e.g. an SD 2.1 unCLIP model), safetensors weights only.
+
+    Raises ``TailsynthError`` naming ``param`` and ``model`` when it cannot be loaded.
+    """
+    try:
+        pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(model, dtype=dtype, use_safetensors=True)
+    except Exception as exc:  # diffusers raises OSError, ValueError, HTTP errors...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise TailsynthError(
+            f"{param} {model!r} could not be loaded as a StableUnCLIPImg2ImgPipeline: {reason} Set {param} to a local "
+            "diffusers folder (model_index.json and safetensors weights) or a hub id that is in the local cache."
+        ) from exc
+    return pipe.to(device)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from tailsynth.data.images import match_channels
 from tailsynth.errors import TailsynthError
-from tailsynth.models.classifier import Classifier
+from tailsynth.models.classifier import Classifier, predict
 from tailsynth.synth.criteria import CRITERIA, ClassGaussians, criterion_values
 
 
@@ -173,3 +173,22 @@ class FeedbackGuidance:
         if "encoder_hidden_states" not in keep:
             raise TailsynthError("feedback guidance found no text conditioning in the pipeline's UNet call")
         return keep
+
+
+def class_gaussians(
+    classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> ClassGaussians:
+    """The hardness criterion's class Gaussians: :meth:`ClassGaussians.fit` on the classifier's
+    penultimate features of real ``images`` (N, C, H, W) in [0, 1] with ``labels`` (N,)."""
+    return ClassGaussians.fit(predict(classifier, images)[1], labels, num_classes)
+
+
+@torch.no_grad()
+def mean_criteria(
+    classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, gaussians: ClassGaussians
+) -> dict[str, float]:
+    """Mean of every criterion (``criterion_<name>``) of ``images`` (N, C, H, W) in [0, 1] labelled ``labels``
+    (N,), by ``classifier``: how hard, uncertain or atypical a synthetic set is for the guiding classifier."""
+    logits, features = predict(classifier, images)
+    g = gaussians.to("cpu")
+    return {f"criterion_{name}": float(criterion_values(name, logits, features, labels, g).mean()) for name in CRITERIA}
