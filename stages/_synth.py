@@ -1,5 +1,5 @@
-"""Stage glue shared by synth@<method> and synth_genie@<method>: the sampler on the right device,
-source images, and the sharded, resumable execution of a plan into data/synthetic/<method>/."""
+"""Stage glue shared by synth@<method>, synth_genie@<method> and synth_feedback@<method>: the sampler on the
+right device, source images, and the sharded, resumable execution of a plan into data/synthetic/<method>/."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +30,7 @@ class Synthesis:
         from tailsynth.synth.sampler import LatentDiffusionSampler
 
         self.state = PartialState()
-        self.device = device() if self.state.device.type == "cpu" else self.state.device
+        self.device = process_device(self.state)
         dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
         self.sampler = LatentDiffusionSampler(load_pipeline(GENERATOR, device=self.device, dtype=dtype), scheduler)
         # The weights and configs (not tailsynth.json, a description of the run) and the precision.
@@ -53,47 +53,59 @@ class Synthesis:
         )
 
     def run(
-        self,
-        method: Method,
-        mode: str,
-        plan: pd.DataFrame,
-        generate,
-        load_sources,
-        *,
-        size: int,
-        channels: int,
-        batch_size: int,
-        before_manifest: Callable[[pd.DataFrame, Path], None] | None = None,
+        self, method: Method, mode: str, plan: pd.DataFrame, generate, load_sources, **kwargs
     ) -> pd.DataFrame | None:
-        """Generate the plan's pending rows (this process's shard) into the method's synthetic folder.
+        """:func:`run_set` in this process's place of the process layout."""
+        return run_set(self.state, method, mode, plan, generate, load_sources, **kwargs)
 
-        The main process then checks the set, calls ``before_manifest(manifest, folder)`` (method
-        extras such as Ada's choices) and writes the manifest last, which marks the set complete.
-        Returns the manifest on the main process, None on the others.
-        """
-        out = method.synthetic_dir(mode)
-        with progress_bar(len(plan), f"synth {method.name}") as bar:
-            run_plan(
-                plan,
-                out,
-                generate,
-                load_sources,
-                image_size=size,
-                channels=channels,
-                batch_size=batch_size,
-                progress=bar.update,
-                process_index=self.state.process_index,
-                num_processes=self.state.num_processes,
-            )
-        self.state.wait_for_everyone()
-        if not self.state.is_main_process:
-            return None
-        manifest = finish(plan, out, size)
-        if before_manifest is not None:
-            before_manifest(manifest, out)
-        write_manifest(manifest, out)
-        log.info("synth %s: %d images in %s", method.name, len(plan), out)
-        return manifest
+
+def run_set(
+    state,
+    method: Method,
+    mode: str,
+    plan: pd.DataFrame,
+    generate,
+    load_sources,
+    *,
+    size: int,
+    channels: int,
+    batch_size: int,
+    before_manifest: Callable[[pd.DataFrame, Path], None] | None = None,
+) -> pd.DataFrame | None:
+    """Generate the plan's pending rows (the shard of process ``state``) into the method's synthetic folder.
+
+    The main process then checks the set, calls ``before_manifest(manifest, folder)`` (method
+    extras such as Ada's choices) and writes the manifest last, which marks the set complete.
+    Returns the manifest on the main process, None on the others.
+    """
+    out = method.synthetic_dir(mode)
+    with progress_bar(len(plan), f"synth {method.name}") as bar:
+        run_plan(
+            plan,
+            out,
+            generate,
+            load_sources,
+            image_size=size,
+            channels=channels,
+            batch_size=batch_size,
+            progress=bar.update,
+            process_index=state.process_index,
+            num_processes=state.num_processes,
+        )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    manifest = finish(plan, out, size)
+    if before_manifest is not None:
+        before_manifest(manifest, out)
+    write_manifest(manifest, out)
+    log.info("synth %s: %d images in %s", method.name, len(plan), out)
+    return manifest
+
+
+def process_device(state) -> torch.device | str:
+    """The device of this process: accelerate's under a multi-GPU launch, else CUDA when present."""
+    return device() if state.device.type == "cpu" else state.device
 
 
 def image_hashes(manifest: pd.DataFrame) -> dict[str, str]:
@@ -101,12 +113,13 @@ def image_hashes(manifest: pd.DataFrame) -> dict[str, str]:
     return dict(zip(manifest["image"], manifest["sha"], strict=True))
 
 
-def source_loader(folder: Path, channels: int):
-    """A function from plan rows to their source images (uint8), or None for text-to-image rows."""
+def source_loader(folder: Path, channels: int, column: str = "source_image"):
+    """A function from plan rows to the uint8 images their ``column`` names (img2img sources, unCLIP
+    conditioning images), or None for rows without one (text-to-image)."""
 
     def load(batch: pd.DataFrame) -> torch.Tensor | None:
-        if (batch["source_image"] == "").all():
+        if (batch[column] == "").all():
             return None
-        return load_rows(folder, batch.rename(columns={"image": "target_image", "source_image": "image"}), channels)
+        return load_rows(folder, batch.rename(columns={"image": "target_image", column: "image"}), channels)
 
     return load

@@ -1,4 +1,5 @@
-"""Stage evaluate@<method>: test accuracy (mean ± std over seeds) and, for synthetic sets, their quality."""
+"""Stage evaluate@<method>: test accuracy (mean ± std over seeds) and, for synthetic sets, their quality
+(oracle-based) and how hard they are for the baseline classifier (the feedback criteria)."""
 
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from tailsynth.metrics.accuracy import evaluate_runs
 from tailsynth.metrics.coverage import class_density_coverage
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
 from tailsynth.models.classifier import load_classifier, predict
+from tailsynth.synth.guidance import class_gaussians, mean_criteria
 from tailsynth.synth.plan import read_synthetic
 
 from _common import device, load_params, log, prepared_dir, require, stage
@@ -40,7 +42,9 @@ def main(method: str) -> None:
     result, per_seed = evaluate_runs(predictions, test_y.numpy(), classes, groups)
     result["n_synthetic"] = 0
     if m.generated:
-        result.update(synthetic_quality(m.synthetic_dir(registry.LONG_TAIL), test_x, test_y, channels, density_k))
+        synthetic = m.synthetic_dir(registry.LONG_TAIL)
+        result.update(synthetic_quality(synthetic, test_x, test_y, channels, density_k))
+        result.update(guide_criteria(synthetic, folder, channels, len(classes)))
     log.info("evaluate %s: %s", method, {k: round(v, 4) for k, v in result["acc"].items()})
     out = Path("metrics/evaluate")
     seeds = pd.DataFrame([{"seed": int(run.name[4:]), **acc} for run, acc in zip(runs, per_seed, strict=True)])
@@ -86,6 +90,19 @@ def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tenso
         dev = device()
         out["fid"] = frechet_distance(inception_features(images, device=dev), inception_features(real, device=dev))
     return out
+
+
+def guide_criteria(synthetic: Path, folder: Path, channels: int, num_classes: int) -> dict:
+    """Mean loss, entropy and hardness of the synthetic set for the baseline classifier (the feedback
+    ladder's guide), hardness against class Gaussians of its real train features."""
+    rows = read_synthetic(synthetic)
+    if len(rows) == 0:
+        return {}
+    classifier = load_classifier("models/classifier", device())
+    real, real_y = load_split(folder, "train", channels)
+    gaussians = class_gaussians(classifier, real.float() / 255, real_y, num_classes)
+    images = load_rows(synthetic, rows, channels).float() / 255
+    return mean_criteria(classifier, images, torch.tensor(rows["label"].tolist(), dtype=torch.int64), gaussians)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,23 @@ def claim_lines(episodes: dict[str, pd.DataFrame], shots: list[int]) -> list[str
     return lines
 
 
+def conditioning_text(check: dict) -> str:
+    """The dual-conditioned generator's conditioning check (generator_unclip_eval), one line per split."""
+    lines = [
+        "",
+        "Dual-conditioned generator, swapped same-class pairs (oracle feature distance of a sample to its "
+        "conditioning image vs to the other image of its pair):",
+        "",
+    ]
+    for name, c in check.items():
+        lines.append(
+            f"- {name.replace('_', ' ')}: {c['d_cond']:.3f} vs {c['d_other']:.3f} (gap {c['gap']:+.3f}), "
+            f"{100 * c['closer']:.1f}% of {c['n']} samples closer to their conditioning image, "
+            f"oracle acc {100 * c['oracle_acc']:.1f}%"
+        )
+    return "\n".join(lines) + "\n"
+
+
 @stage
 def main() -> None:
     params = load_params()
@@ -154,6 +171,7 @@ def main() -> None:
         f"\nGenerator: oracle accuracy of its Txt2Img samples {100 * g['oracle_acc']:.1f}% "
         f"(worst class {100 * g['oracle_acc_min']:.1f}%).\n"
     )
+    text += conditioning_text(read_json("metrics/generator_unclip.json"))
     if reason:
         text += f"\n† unreliable: {reason}.\n"
     if not trusted:

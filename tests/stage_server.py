@@ -39,6 +39,7 @@ PRELOAD = (
     "matplotlib.pyplot",
     "transformers",
     "diffusers",
+    "accelerate",
 )
 # Names that `from diffusers import X` / `from transformers import X` resolve lazily: touch them too.
 LAZY_ATTRS = {
@@ -49,8 +50,17 @@ LAZY_ATTRS = {
         "UNet2DConditionModel",
         "DDIMScheduler",
         "DPMSolverMultistepScheduler",
+        "DDPMScheduler",
+        "StableUnCLIPImg2ImgPipeline",
     ),
-    "transformers": ("CLIPTextModel", "CLIPTextConfig", "CLIPTokenizer"),
+    "transformers": (
+        "CLIPTextModel",
+        "CLIPTextConfig",
+        "CLIPTokenizer",
+        "CLIPVisionModelWithProjection",
+        "CLIPVisionConfig",
+        "CLIPImageProcessor",
+    ),
 }
 
 

@@ -69,12 +69,17 @@ def test_summary_table_and_plot_tables():
             "fd_oracle": 1.5,
             "density": 0.8,
             "coverage": 0.25,
+            "criterion_loss": 0.125,
+            "criterion_entropy": 0.5,
+            "criterion_hardness": 42.0,
         },
     }
     rows = summary_rows(results)
     md = summary_markdown(rows)
-    assert "| txt2img | 60.0 ± 2.0 | 90.0 ± 0.0 | — | 30.0 ± 0.0 | 97.0 | 1.5 | 0.8 | 25.0 | — | 50 |" in md
-    assert "| none | 50.0 ± 1.0 | 90.0 ± 0.0 | — | 10.0 ± 0.0 | — | — | — | — | — | 0 |" in md
+    row = "| txt2img | 60.0 ± 2.0 | 90.0 ± 0.0 | — | 30.0 ± 0.0 | 97.0 | 1.5 | 0.8 | 25.0 | — | 0.125 | 0.5 | 42 | 50 |"
+    assert row in md
+    assert "| none | 50.0 ± 1.0 | 90.0 ± 0.0 | — | 10.0 ± 0.0 | — | — | — | — | — | — | — | — | 0 |" in md
+    assert "| FID | loss | entropy | hardness | n synthetic |" in md
     assert list(per_class_table(results, CLASSES)["txt2img"]) == [0.9, 0.3]
     assert list(bucket_table(results)["bucket"]) == ["overall", "many", "few"]
 

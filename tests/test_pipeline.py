@@ -22,7 +22,8 @@ DVC = str(Path(sys.executable).parent / "dvc")
 METHODS = registry.names(registry.LONG_TAIL)
 BASELINES = registry.names(registry.LONG_TAIL, registry.GENERATED)
 GENIE = registry.names(registry.LONG_TAIL, registry.GENIE)
-GENERATED = BASELINES + GENIE
+GENERATED = BASELINES + GENIE  # the generated methods of both modes
+FEEDBACK = registry.names(registry.LONG_TAIL, registry.FEEDBACK)  # long-tail only
 
 
 def ran_stages(output: str) -> set[str]:
@@ -51,19 +52,24 @@ def monkeypatch_module():
 def test_every_stage_ran_and_declared_outputs_exist(project):
     stages = ran_stages((project / "repro.log").read_text())
     expected = {"prepare", "generator", "oracle", "generator_eval", "classifier", "report"}
+    expected |= {"generator_unclip", "generator_unclip_eval"} | {f"synth_feedback@{m}" for m in FEEDBACK}
     expected |= {f"synth@{m}" for m in BASELINES} | {f"synth_genie@{m}" for m in GENIE}
-    expected |= {f"{s}@{m}" for s in ("retrain", "evaluate", "fewshot_eval") for m in METHODS}
+    expected |= {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
+    expected |= {f"fewshot_eval@{m}" for m in registry.names(registry.FEWSHOT)}
     expected |= {"fewshot_episodes", "fewshot_backbone", "fewshot_sweep"} | {f"fewshot_synth@{m}" for m in GENERATED}
     assert stages == expected
     assert (project / "data/prepared/digits/classes.json").is_file()
     assert (project / "models/generator/model_index.json").is_file()
+    unclip_index = json.loads((project / "models/generator_unclip/model_index.json").read_text())
+    assert unclip_index["_class_name"] == "StableUnCLIPImg2ImgPipeline"
     assert (project / "models/classifier/confusion_train.csv").is_file()
     for m in METHODS:
         runs = sorted((project / "models/retrain" / m).glob("seed*"))
         assert [r.name for r in runs] == ["seed0", "seed1"]
         config = json.loads((runs[0] / "config.json").read_text())
         assert config["n_real"] == 372  # the long-tailed train split
-        assert config["n_synthetic"] == {**dict.fromkeys(BASELINES, 12), **dict.fromkeys(GENIE, 8)}.get(m, 0)
+        counts = {**dict.fromkeys(BASELINES, 12), **dict.fromkeys(GENIE, 8), **dict.fromkeys(FEEDBACK, 8)}
+        assert config["n_synthetic"] == counts.get(m, 0)
     for name in (
         "summary.json",
         "summary.md",
@@ -72,9 +78,12 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
         "plots/per_class.csv",
         "plots/by_bucket.csv",
         "plots/generator_samples.png",
+        "generator_unclip.json",
+        "plots/generator_unclip_samples.png",
     ):
         assert (project / "metrics" / name).is_file(), name
-    assert sorted(p.stem for p in (project / "metrics/plots/samples").glob("*.png")) == sorted(GENERATED)
+    grids = sorted(p.stem for p in (project / "metrics/plots/samples").glob("*.png"))
+    assert grids == sorted(GENERATED + FEEDBACK)
 
 
 def test_synthetic_sets_follow_the_contract(project):
@@ -102,6 +111,35 @@ def test_synthetic_sets_follow_the_contract(project):
     assert (pd.read_csv(project / "data/synthetic/genie/manifest.csv")["r"] == 0.7).all()
 
 
+def test_feedback_sets_record_their_conditioning_image_criterion_and_final_value(project):
+    prepared = pd.read_csv(project / "data/prepared/digits/manifest.csv")
+    train = prepared[prepared["split"] == "train"].set_index("image")["label"]
+    sets = {m: pd.read_csv(project / "data/synthetic" / m / "manifest.csv", keep_default_na=False) for m in FEEDBACK}
+    few = sorted(sets["ldm_text"]["label"].unique())
+    for m, df in sets.items():
+        assert sorted(df["label"].unique()) == few and (df.groupby("label").size() == 2).all()
+        assert df["seed"].tolist() == sets["ldm_text"]["seed"].tolist()  # rows pair up across the ladder
+        assert all((project / "data/synthetic" / m / p).is_file() for p in df["image"])
+        method = registry.METHODS[m]
+        if method.image:  # a train image of the row's own class
+            assert [train[c] for c in df["cond_image"]] == df["label"].tolist()
+        else:
+            assert (df["cond_image"] == "").all()
+        assert (df["dropout"] == (0.3 if method.dropout else 0.0)).all()
+        if method.criterion:
+            assert (df["criterion"] == method.criterion).all() and (df["every"] == 3).all()
+            assert df["criterion_value"].notna().all() and (df["criterion_value"] >= 0).all()
+            assert df["guide"].str.len().min() > 0
+        else:
+            assert "criterion_value" not in df.columns and (df["criterion"] == "").all()
+    assert sets["ldm_text_image"]["cond_image"].tolist() == sets["feedback_loss"]["cond_image"].tolist()
+    check = json.loads((project / "metrics/generator_unclip.json").read_text())
+    assert set(check) == {"train_split", "held_out"}
+    for split in check.values():  # 10 classes x 1 pair x 2 seeds x 2 directions
+        assert split["n"] == 40 and 0 <= split["closer"] <= 1
+        assert split["gap"] == pytest.approx(split["d_other"] - split["d_cond"])
+
+
 def test_metrics_are_in_range(project):
     summary = json.loads((project / "metrics/summary.json").read_text())
     assert list(summary) == METHODS
@@ -109,9 +147,10 @@ def test_metrics_are_in_range(project):
         for key in ("acc_overall", "acc_many", "acc_medium", "acc_few"):
             assert 0 <= row[key] <= 1
         assert "fid" not in row  # no Inception weights in this environment
-        if m in GENERATED:
-            assert row["n_synthetic"] == (8 if m in GENIE else 12)
+        if m in GENERATED + FEEDBACK:
+            assert row["n_synthetic"] == (8 if m in GENIE + FEEDBACK else 12)
             assert 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
+            assert row["criterion_loss"] >= 0 and row["criterion_entropy"] >= 0 and row["criterion_hardness"] >= 0
             assert row["density"] >= 0 and 0 <= row["coverage"] <= 1  # 50 test images a class > eval.density_k
     for m in METHODS:
         ev = json.loads((project / "metrics/evaluate" / f"{m}.json").read_text())
@@ -125,6 +164,7 @@ def test_metrics_are_in_range(project):
     text = (project / "metrics/summary.md").read_text()
     assert "## Long-tail, paired over 2 seeds" in text and "## Few-shot, paired over 2 episodes" in text
     assert "GeNIe > Txt2Img, 1-shot" in text and "GeNIe-Ada ≥ GeNIe, 5-shot" in text and "oracle test" in text
+    assert "Dual-conditioned generator, swapped same-class pairs" in text and "| feedback_hardness † |" in text
     gen = json.loads((project / "metrics/generator.json").read_text())
     assert 0 <= gen["oracle_acc"] <= 1 and len(gen["oracle_acc_per_class"]) == 10
     # The smoke generator (3 training steps) misses its bar: every generated row is marked, with the reason.
@@ -148,7 +188,7 @@ def test_fewshot_outputs(project):
         if m in GENIE:
             assert (df["source_label"] != df["target"]).all()
             assert set(df["source_image"]) <= set(episodes.loc[episodes["role"] == "support", "image"])
-    for m in METHODS:
+    for m in registry.names(registry.FEWSHOT):
         r = json.loads((project / "metrics/fewshot" / f"{m}.json").read_text())
         for k in (1, 5):
             assert 0 <= r[f"{k}shot"]["mean"] <= 1 and r[f"{k}shot"]["episodes"] == 2 and r[f"{k}shot"]["ci95"] >= 0
@@ -165,7 +205,9 @@ def test_fewshot_outputs(project):
     assert sweep["r"].tolist() == [0.5, 0.6, 0.7, 0.8, 0.9]
     assert sweep[["oracle_acc", "acc_1shot", "acc_5shot"]].apply(lambda c: c.between(0, 1)).all().all()
     summary = json.loads((project / "metrics/summary.json").read_text())
-    assert all("fewshot_1shot" in summary[m] and "fewshot_5shot_ci95" in summary[m] for m in METHODS)
+    fewshot = registry.names(registry.FEWSHOT)
+    assert all("fewshot_1shot" in summary[m] and "fewshot_5shot_ci95" in summary[m] for m in fewshot)
+    assert not any("fewshot_1shot" in summary[m] for m in FEEDBACK)  # long-tail only
     text = (project / "metrics/summary.md").read_text()
     assert "## Few-shot results" in text and "## GeNIe noise sweep" in text
 
@@ -269,6 +311,15 @@ def test_exp_run_of_genie_r_reruns_only_genie(project):
     assert (pd.read_csv(project / "data/fewshot/synthetic/genie/manifest.csv")["r"] == 0.8).all()
 
 
+def test_exp_run_of_the_guidance_step_reruns_only_the_guided_methods(project):
+    proc = run([DVC, "exp", "run", "-S", "feedback.guidance.omega=0.1"], project)
+    guided = [m for m in FEEDBACK if registry.METHODS[m].criterion]
+    assert ran_stages(proc.stdout) == {
+        f"{s}@{m}" for s in ("synth_feedback", "retrain", "evaluate") for m in guided
+    } | {"report"}
+    assert (pd.read_csv(project / "data/synthetic/feedback_entropy/manifest.csv")["omega"] == 0.1).all()
+
+
 def test_interrupted_generation_resumes(project):
     folder = project / "data/synthetic/txt2img"
     images = sorted(folder.rglob("*.png"))
@@ -287,7 +338,7 @@ def test_exp_run_of_the_weak_augmentation_reaches_the_generated_methods(project)
     # Generated sets are retrained with augment.<retrain.augment_generated> (weak): its params are theirs.
     proc = run([DVC, "exp", "run", "-S", "augment.weak.hflip=true"], project)
     ran = ran_stages(proc.stdout)
-    assert {f"retrain@{m}" for m in ["weak", *GENERATED]} <= ran
+    assert {f"retrain@{m}" for m in ["weak", *GENERATED, *FEEDBACK]} <= ran
     assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & ran
     assert "fewshot_eval@weak" in ran and not any(s.startswith(("synth", "fewshot_synth")) for s in ran)
 

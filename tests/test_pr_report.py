@@ -62,7 +62,11 @@ def test_plot_definitions_of_this_pipeline():
         "metrics/plots/chosen_r.csv",
         "metrics/plots/r_sweep.csv",
     }
-    assert images == ["metrics/plots/generator_samples.png", "metrics/plots/samples"]
+    assert images == [
+        "metrics/plots/generator_samples.png",
+        "metrics/plots/generator_unclip_samples.png",
+        "metrics/plots/samples",
+    ]
     sweep = next(t for t in tables if "r_sweep" in next(iter(t["files"])))
     assert sweep["x"] == "r" and sweep["files"]["metrics/plots/r_sweep.csv"] == ["oracle_acc", "acc_1shot", "acc_5shot"]
 

@@ -11,7 +11,8 @@ from tailsynth.metrics.paired import paired_difference
 
 ACC_COLUMNS = ("overall", "many", "medium", "few")
 GROUP_COLUMNS = ("avg_group", "worst_group")  # datasets with groups (contexts) only
-SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "density", "coverage", "fid", "n_synthetic")
+CRITERION_COLUMNS = ("criterion_loss", "criterion_entropy", "criterion_hardness")  # for the baseline classifier
+SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "density", "coverage", "fid", *CRITERION_COLUMNS, "n_synthetic")
 
 
 def summary_rows(results: dict[str, dict]) -> list[dict]:
@@ -59,7 +60,8 @@ def summary_markdown(
     oracle: str = "oracle acc",
     unreliable: set[str] | frozenset = frozenset(),
 ) -> str:
-    """A Markdown table: accuracies (%, mean ± std over seeds) and synthetic-set metrics.
+    """A Markdown table: accuracies (%, mean ± std over seeds) and synthetic-set metrics (loss, entropy
+    and hardness: the mean feedback criteria of the set for the baseline classifier).
 
     Average and worst-group accuracy columns follow the buckets when the rows have them. ``oracle``
     is the oracle column's header (see :func:`oracle_header`); methods in ``unreliable`` are marked
@@ -67,7 +69,7 @@ def summary_markdown(
     """
     groups = [c for c in GROUP_COLUMNS if any(c in r for r in rows)]
     head = ["method", *[f"acc {c}" for c in ACC_COLUMNS], *[c.replace("_", " ") for c in groups]]
-    head += [oracle, "fd_oracle", "density", "coverage", "FID", "n synthetic"]
+    head += [oracle, "fd_oracle", "density", "coverage", "FID", "loss", "entropy", "hardness", "n synthetic"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [method_cell(r["method"], unreliable)]
@@ -79,6 +81,7 @@ def summary_markdown(
             _fmt(r.get("density"), pct=False),
             _fmt(r.get("coverage")),
             _fmt(r.get("fid"), pct=False),
+            *[_fmt(r.get(c), pct=False) for c in CRITERION_COLUMNS],
             str(r.get("n_synthetic", 0)),
         ]
         lines.append("| " + " | ".join(cells) + " |")

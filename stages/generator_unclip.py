@@ -1,0 +1,111 @@
+"""Stage generator_unclip: the dual-conditioned (text + image) generator of the feedback ladder.
+
+Embedded: built from models/generator (its VAE, text encoder, tokenizer and UNet) with a CLIP image
+encoder trained on generator_unclip.train_split and a zero-initialised image-embedding input that the
+UNet is fine-tuned with. Pretrained: a StableUnCLIPImg2ImgPipeline hub id or folder, saved as is.
+"""
+
+from tailsynth.data.class_names import prompt_for
+from tailsynth.data.manifest import image_shape, load_split, read_classes
+from tailsynth.errors import TailsynthError
+from tailsynth.io import atomic_dir, write_json
+
+from _common import device, load_params, log, prepared_dir, require, stage
+
+OUT = "models/generator_unclip"
+
+
+@stage
+def main() -> None:
+    params = load_params()
+    p = params["generator_unclip"]
+    if p["source"] not in ("train", "pretrained"):
+        raise TailsynthError(f"unknown generator_unclip.source {p['source']!r}; use train or pretrained")
+    folder = prepared_dir(params)
+    classes = read_classes(folder)
+    prompt = params["generator"]["prompt"]
+    prompts = [prompt_for(prompt, c) for c in classes]
+    if p["source"] == "pretrained":
+        from tailsynth.models.unclip import load_unclip
+
+        model = require(p, "model", "generator_unclip")
+        pipe = load_unclip(model, param="generator_unclip.model")
+        with atomic_dir(OUT) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            write_json(tmp / "tailsynth.json", {"source": "pretrained", "model": model, "prompt": prompt})
+        return
+    images, labels = load_split(folder, p["train_split"], image_shape(folder)[0], "generator_unclip.train_split")
+    if len(images) == 0:
+        raise TailsynthError(f"generator_unclip.train_split {p['train_split']!r} selects no images in {folder}")
+    e, u = p["encoder"], p["unet"]
+    # Imported after the params are read: diffusers and transformers take seconds to import.
+    from tailsynth.models import generator as gen
+    from tailsynth.models import unclip as uc
+
+    dev = device()
+    base = gen.load_pipeline("models/generator", device=dev)
+    encoder, processor = uc.build_image_encoder(
+        images.shape[-1],
+        uc.ImageEncoderConfig(
+            patch_size=e["patch_size"],
+            hidden=e["hidden"],
+            layers=e["layers"],
+            heads=e["heads"],
+            projection_dim=e["projection_dim"],
+        ),
+        seed=p["seed"],
+    )
+
+    def progress(what: str):
+        return lambda step, loss: log.info("%s step %d loss %.5f", what, step + 1, loss)
+
+    enc = uc.train_image_encoder(
+        encoder,
+        images.float() / 255,
+        labels,
+        uc.pooled_text(base, prompts),
+        steps=e["steps"],
+        batch_size=e["batch_size"],
+        lr=e["lr"],
+        seed=p["seed"],
+        device=dev,
+        callback=progress("image encoder"),
+    )
+    embeds = uc.processor_embeddings(encoder, processor, images)
+    unet = uc.unclip_unet(base.unet, embeds.shape[1])
+    pipe = uc.assemble_unclip(base, encoder, processor, uc.image_normalizer(embeds).to(dev), unet)
+    mean, std = gen.encode_latents(base.vae, images.float() / 255)
+    ft = uc.finetune_unclip(
+        pipe,
+        mean.cpu(),
+        std.cpu(),
+        [prompts[y] for y in labels.tolist()],
+        embeds,
+        steps=u["steps"],
+        batch_size=u["batch_size"],
+        lr=u["lr"],
+        class_lr=u["class_lr"],
+        drop_both=u["drop_both"],
+        drop_image=u["drop_image"],
+        drop_text=u["drop_text"],
+        ema_decay=u["ema_decay"],
+        seed=p["seed"],
+        device=dev,
+        callback=progress("unet"),
+    )
+    info = {
+        "source": "train",
+        "prompt": prompt,
+        "train_images": len(images),
+        "image_encoder_final_loss": enc.loss,
+        "unet_final_loss": ft.loss,
+        "embedding_dim": int(embeds.shape[1]),
+    }
+    log.info("dual-conditioned generator built: %s", info)
+    with atomic_dir(OUT) as tmp:
+        pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "tailsynth.json", info)
+
+
+if __name__ == "__main__":
+    main()
