@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--noise-level", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=2e-4, help="UNet body learning rate")
+    ap.add_argument("--class-lr", type=float, default=1e-3, help="learning rate of the image-embedding input")
+    ap.add_argument("--cfg", type=float, default=4.0)
     args = ap.parse_args()
     classes = read_classes(args.prepared)
     pool, pool_labels = load_split(args.prepared, "pool", 1)
@@ -84,6 +87,8 @@ def main() -> None:
         embeds,
         steps=args.unet_steps,
         batch_size=args.batch_size,
+        lr=args.lr,
+        class_lr=args.class_lr,
     )
     t_unet = time.perf_counter() - t1
     print(f"image encoder: {args.encoder_steps} steps x 128 in {t_encoder:.0f} s (loss {enc.loss:.3f})")
@@ -103,7 +108,7 @@ def main() -> None:
             seeds=args.seeds,
             noise_level=args.noise_level,
             steps=20,
-            cfg=4.0,
+            cfg=args.cfg,
         )
         print(f"| {name} | {n} | {acc:.3f} | {dc:.3f} | {do:.3f} | {do - dc:+.3f} | {closer:.3f} |")
 

@@ -21,10 +21,7 @@ def main() -> None:
     p = params["generator_unclip"]
     if p["source"] not in ("train", "pretrained"):
         raise TailsynthError(f"unknown generator_unclip.source {p['source']!r}; use train or pretrained")
-    folder = prepared_dir(params)
-    classes = read_classes(folder)
     prompt = params["generator"]["prompt"]
-    prompts = [prompt_for(prompt, c) for c in classes]
     if p["source"] == "pretrained":
         from tailsynth.models.unclip import load_unclip
 
@@ -34,6 +31,8 @@ def main() -> None:
             pipe.save_pretrained(tmp, safe_serialization=True)
             write_json(tmp / "tailsynth.json", {"source": "pretrained", "model": model, "prompt": prompt})
         return
+    folder = prepared_dir(params)
+    prompts = [prompt_for(prompt, c) for c in read_classes(folder)]
     images, labels = load_split(folder, p["train_split"], image_shape(folder)[0], "generator_unclip.train_split")
     if len(images) == 0:
         raise TailsynthError(f"generator_unclip.train_split {p['train_split']!r} selects no images in {folder}")

@@ -8,6 +8,7 @@ import sys
 import pandas as pd
 import torch
 
+from tailsynth.data.images import match_channels, resize_batch
 from tailsynth.data.manifest import image_shape, load_split, read_classes, read_manifest
 from tailsynth.io import folder_digest
 from tailsynth.methods import registry
@@ -27,11 +28,11 @@ def main(method: str) -> None:
     params = load_params()
     p = params["feedback"]
     m = registry.get(method, registry.LONG_TAIL, registry.FEEDBACK)
+    # Only the sections the method declares (its dvc.yaml params): the others keep their neutral defaults.
     settings = LadderSettings(
-        noise_level=p["image"]["noise_level"],
-        dropout=p["dropout"]["p"],
-        omega=p["guidance"]["omega"],
-        every=p["guidance"]["every"],
+        **({"noise_level": p["image"]["noise_level"]} if registry.IMAGE in m.params else {}),
+        **({"dropout": p["dropout"]["p"]} if registry.DROPOUT in m.params else {}),
+        **({"omega": p["guidance"]["omega"], "every": p["guidance"]["every"]} if registry.GUIDANCE in m.params else {}),
     )
     settings.check()
     config = None
@@ -97,8 +98,10 @@ def main(method: str) -> None:
         )
         if guidance is None:
             return images
-        with torch.no_grad():  # the criterion of the finished image, as the guiding classifier sees it
-            values = guidance.values(images.to(dev) * 2 - 1)
+        # The criterion of the image as it is saved (resized, 8-bit), as the guiding classifier sees it.
+        saved = (resize_batch(match_channels(images, channels), size) * 255).round() / 255
+        with torch.no_grad():
+            values = guidance.values(saved.to(dev) * 2 - 1)
         return images, pd.DataFrame({"criterion_value": values.float().cpu().numpy()})
 
     run_set(

@@ -173,11 +173,32 @@ def test_a_row_is_byte_identical_whatever_its_batch_mates_with_and_without_guida
             guidance = FeedbackGuidance(classifier, torch.tensor([0, 1, 0]), GuidanceConfig("entropy", 0.1, 2))
         return s.generate(prompts, seeds, steps=4, cfg=3.0, cond_images=conds, dropout=0.3, guidance=guidance)
 
+    outputs = {}
     for guided in (False, True):
         a = run([11, 12, 13], images[[0, 1, 2]], guided)
         b = run([11, 22, 23], images[[0, 4, 5]], guided)
         assert torch.equal(quantised(a[0]), quantised(b[0])), guided
         assert not torch.equal(quantised(a[1]), quantised(b[1]))
+        outputs[guided] = a
+    assert not torch.equal(outputs[False], outputs[True])  # the guidance reached the pipeline ...
+    guidance = FeedbackGuidance(classifier, torch.tensor([0, 1, 0]), GuidanceConfig("entropy", 0.1, 2))
+    s.generate(prompts, [1, 2, 3], steps=4, cfg=3.0, cond_images=images[:3], guidance=guidance)
+    assert len(guidance.guided_steps) == 1  # ... after step 2 of 4 (never after the last)
+
+
+def test_the_clean_latent_is_recovered_for_epsilon_and_v_prediction():
+    from tailsynth.synth.guidance import predicted_clean_latent
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    alpha = torch.tensor(0.3)
+    z = alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps
+    v = alpha.sqrt() * eps - (1 - alpha).sqrt() * x0
+    torch.testing.assert_close(predicted_clean_latent(z, eps, alpha, "epsilon"), x0)
+    torch.testing.assert_close(predicted_clean_latent(z, v, alpha, "v_prediction"), x0)
+    assert predicted_clean_latent(z, x0, alpha, "sample") is x0
+    with pytest.raises(TailsynthError, match="prediction_type 'flow'"):
+        predicted_clean_latent(z, eps, alpha, "flow")
 
 
 def test_the_image_dropout_and_the_noise_level_change_the_sample_and_text_only_feeds_zero_images(sampler):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from pipeline_utils import command_env, make_project, run, smoke_overrides
 
@@ -133,6 +134,15 @@ def test_feedback_sets_record_their_conditioning_image_criterion_and_final_value
         else:
             assert "criterion_value" not in df.columns and (df["criterion"] == "").all()
     assert sets["ldm_text_image"]["cond_image"].tolist() == sets["feedback_loss"]["cond_image"].tolist()
+    # The recorded value is the criterion of the saved image: recomputed from the PNGs, it agrees.
+    from tailsynth.data.manifest import load_rows
+    from tailsynth.models.classifier import load_classifier, predict
+
+    df = sets["feedback_loss"]
+    images = load_rows(project / "data/synthetic/feedback_loss", df, 1).float() / 255
+    logits, _ = predict(load_classifier(project / "models/classifier"), images)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(df["label"].tolist()), reduction="none")
+    assert df["criterion_value"].to_numpy() == pytest.approx(loss.numpy(), rel=1e-4, abs=1e-5)
     check = json.loads((project / "metrics/generator_unclip.json").read_text())
     assert set(check) == {"train_split", "held_out"}
     for split in check.values():  # 10 classes x 1 pair x 2 seeds x 2 directions

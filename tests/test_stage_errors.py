@@ -155,3 +155,36 @@ def test_density_k_must_be_a_whole_number(project, k):
     proc = project("evaluate.py", "none", params={"eval": {"density_k": k}})
     assert_one_line_error(proc, "eval.density_k", "whole number")
     assert not (project.root / "metrics").exists()
+
+
+@pytest.mark.parametrize(
+    "method, params, fragment",
+    [
+        ("feedback_loss", {"guidance": {"omega": -0.1}}, "feedback.guidance.omega must be a number >= 0"),
+        ("feedback_entropy", {"guidance": {"every": 0}}, "feedback.guidance.every must be an integer >= 1"),
+        ("ldm_text_image_dropout", {"dropout": {"p": 1.0}}, "feedback.dropout.p must be a number in [0, 1)"),
+        ("ldm_text_image", {"image": {"noise_level": -5}}, "feedback.image.noise_level"),
+    ],
+)
+def test_feedback_ladder_bad_params(project, method, params, fragment):
+    assert_one_line_error(project("synth_feedback.py", method, params={"feedback": params}), fragment)
+    assert not (project.root / "data").exists()
+
+
+def test_feedback_stage_refuses_a_method_outside_the_ladder(project):
+    assert_one_line_error(project("synth_feedback.py", "genie"), "'genie' is a genie method, not feedback")
+
+
+def test_dual_conditioned_generator_that_cannot_be_loaded(project, tmp_path):
+    missing = str(tmp_path / "no-such-unclip")
+    params = {"generator_unclip": {"source": "pretrained", "model": missing}}
+    proc = project("generator_unclip.py", params=params)
+    assert_one_line_error(proc, "generator_unclip.model", "no-such-unclip", "StableUnCLIPImg2ImgPipeline")
+    assert not (project.root / "models").exists()
+    proc = project("generator_unclip.py", params={"generator_unclip": {"source": "hub"}})
+    assert_one_line_error(proc, "unknown generator_unclip.source 'hub'")
+
+
+def test_conditioning_check_params_are_whole_numbers(project):
+    proc = project("generator_unclip_eval.py", params={"generator_unclip_eval": {"pairs": 0}})
+    assert_one_line_error(proc, "generator_unclip_eval.pairs must be a whole number >= 1")

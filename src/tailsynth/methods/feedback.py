@@ -17,7 +17,7 @@ import pandas as pd
 
 from tailsynth.data.class_names import prompt_for
 from tailsynth.errors import TailsynthError
-from tailsynth.methods.generated import target_classes
+from tailsynth.methods.generated import prompt_row, target_classes
 from tailsynth.methods.registry import Method
 from tailsynth.seeding import derive_seed
 
@@ -106,19 +106,17 @@ def plan_feedback(
             )
         order = np.random.default_rng(derive_seed(seed, "feedback", k, "condition")).permutation(len(images))
         for j in range(n):
-            row = {
-                "method": method.name,
-                "mode": "unclip",
-                "target": k,
-                "label": k,
-                "source_image": "",
-                "source_label": -1,
-                "r": 1.0,
-                "steps": int(steps),
-                "cfg": float(cfg),
-                "scheduler": scheduler,
-                "seed": derive_seed(seed, "feedback", k, j),
-                "prompt": prompt_for(prompt_template, c),
+            row = prompt_row(
+                method.name,
+                "unclip",
+                k,
+                seed=derive_seed(seed, "feedback", k, j),
+                prompt=prompt_for(prompt_template, c),
+                steps=steps,
+                cfg=cfg,
+                scheduler=scheduler,
+            )
+            row |= {
                 "cond_image": "",
                 "cond_hash": "",
                 "noise_level": 0,

@@ -44,6 +44,27 @@ def target_classes(classes: list[dict], buckets: list[str]) -> list[dict]:
     return [c for c in classes if c["bucket"] in buckets]
 
 
+def prompt_row(
+    method: str, mode: str, target: int, *, seed: int, prompt: str, steps: int, cfg: float, scheduler: str
+) -> dict:
+    """A plan row of class ``target`` made from its ``prompt`` alone (no source image, r = 1); methods
+    that start from a source image or add a condition update it."""
+    return {
+        "method": method,
+        "mode": mode,
+        "target": target,
+        "label": target,
+        "source_image": "",
+        "source_label": -1,
+        "r": 1.0,
+        "steps": int(steps),
+        "cfg": float(cfg),
+        "scheduler": scheduler,
+        "seed": seed,
+        "prompt": prompt,
+    }
+
+
 def plan_generated(
     method: str,
     spec: dict,
@@ -81,20 +102,16 @@ def plan_generated(
             raise TailsynthError(f"class {c['name']!r} has no train image to use as img2img source")
         order = np.random.default_rng(derive_seed(seed, method, k, "sources")).permutation(len(sources))
         for j in range(per_class):
-            row = {
-                "method": method,
-                "mode": spec["mode"],
-                "target": k,
-                "label": k,
-                "source_image": "",
-                "source_label": -1,
-                "r": 1.0,
-                "steps": int(steps),
-                "cfg": float(cfg),
-                "scheduler": scheduler,
-                "seed": derive_seed(seed, method, k, j),
-                "prompt": prompt_for(prompt_template, c),
-            }
+            row = prompt_row(
+                method,
+                spec["mode"],
+                k,
+                seed=derive_seed(seed, method, k, j),
+                prompt=prompt_for(prompt_template, c),
+                steps=steps,
+                cfg=cfg,
+                scheduler=scheduler,
+            )
             if spec["mode"] == "img2img":
                 src = sources[order[j % len(sources)]]
                 row.update(source_image=src, source_label=k, r=float(spec["r"]))

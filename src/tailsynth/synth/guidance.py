@@ -4,7 +4,8 @@ Every ``every`` denoising steps the latents z_t (after the scheduler's step, at 
 take one ascent step on a criterion F (:mod:`tailsynth.synth.criteria`) of the guiding classifier:
 
     ε   = ε_θ(z_t, t, c)                           (one extra, conditional-only UNet pass)
-    ẑ₀  = (z_t − √(1−ᾱ_t) ε) / √ᾱ_t                (the predicted clean latent)
+    ẑ₀  = (z_t − √(1−ᾱ_t) ε) / √ᾱ_t                (the predicted clean latent; √ᾱ_t z_t − √(1−ᾱ_t) v
+                                                    for v-prediction models)
     x   = D(ẑ₀ / s) / 2 + 1/2                      (differentiable VAE decode, to the classifier's [0, 1])
     g   = ∇_{z_t} F(f_φ(x), y)                     (through the classifier, the decoder and the UNet)
     z_t ← z_t + ω ‖z_t‖ g / ‖g‖                    (norms per image: the step is ω relative to the latent)
@@ -67,8 +68,24 @@ def to_classifier_input(decoded: torch.Tensor, classifier: Classifier) -> torch.
     c, size = classifier.config["in_channels"], classifier.config["image_size"]
     x = match_channels(x, c)
     if x.shape[-1] != size or x.shape[-2] != size:  # not resize_batch: it clamps, which stops gradients
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        # Antialiased, as the saved images are resized (a 512 px sample shrunk to 32 px would alias).
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
+
+
+def predicted_clean_latent(
+    z: torch.Tensor, out: torch.Tensor, alpha: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """ẑ₀ from the UNet output ``out`` at z_t = ``z`` with ᾱ_t = ``alpha``, for the scheduler's
+    ``prediction_type``: ``epsilon`` (the embedded model, SD 1.5), ``v_prediction`` (768-px SD 2.x
+    models such as SD 2.1 unCLIP) or ``sample``."""
+    if prediction_type == "epsilon":
+        return (z - (1 - alpha).sqrt() * out) / alpha.sqrt()
+    if prediction_type == "v_prediction":
+        return alpha.sqrt() * z - (1 - alpha).sqrt() * out
+    if prediction_type == "sample":
+        return out
+    raise TailsynthError(f"feedback guidance does not know the scheduler's prediction_type {prediction_type!r}")
 
 
 class FeedbackGuidance:
@@ -146,8 +163,8 @@ class FeedbackGuidance:
         with torch.enable_grad():
             z = latents.detach().float().requires_grad_(True)
             z_in = pipe.scheduler.scale_model_input(z.to(latents.dtype), t)
-            eps = pipe.unet(z_in, t, **cond, return_dict=False)[0].float()
-            z0 = (z - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            out = pipe.unet(z_in, t, **cond, return_dict=False)[0].float()
+            z0 = predicted_clean_latent(z, out, alpha, pipe.scheduler.config.get("prediction_type", "epsilon"))
             decoded = pipe.vae.decode((z0 / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
             grad = torch.autograd.grad(self.values(decoded).sum(), z)[0]
         z_norm = z.detach().flatten(1).norm(dim=1)

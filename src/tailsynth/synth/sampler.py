@@ -27,6 +27,17 @@ def make_scheduler(name: str, config: dict):
     raise TailsynthError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
+def prepare_for_sampling(pipe, scheduler: str) -> None:
+    """Give a stock pipeline the sampling ``scheduler`` (from its own config), channels-last UNet and VAE
+    and no progress bar."""
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    # channels_last convolutions: 1.2x faster sampling of the embedded generator on 2 CPU cores
+    # (64 images, 20 steps), and the layout CUDA's fp16 convolutions prefer.
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+
+
 class LatentDiffusionSampler:
     """Wraps a ``StableDiffusionPipeline`` and an ``StableDiffusionImg2ImgPipeline`` sharing its weights.
 
@@ -35,12 +46,7 @@ class LatentDiffusionSampler:
     """
 
     def __init__(self, pipe: StableDiffusionPipeline, scheduler: str = "dpm_solver"):
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-        # channels_last convolutions: 1.2x faster sampling of the embedded generator on 2 CPU cores
-        # (64 images, 20 steps), and the layout CUDA's fp16 convolutions prefer.
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        pipe.set_progress_bar_config(disable=True)
+        prepare_for_sampling(pipe, scheduler)
         self.txt2img = pipe
         self.img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
         self.img2img.set_progress_bar_config(disable=True)

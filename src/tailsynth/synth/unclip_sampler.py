@@ -13,7 +13,7 @@ from tailsynth.models.generator import pipeline_resolution
 from tailsynth.models.unclip import processor_embeddings
 from tailsynth.seeding import derive_seed
 from tailsynth.synth.guidance import FeedbackGuidance
-from tailsynth.synth.sampler import make_scheduler
+from tailsynth.synth.sampler import prepare_for_sampling
 
 
 def embedding_dropout_mask(seed: int, dim: int, p: float) -> torch.Tensor:
@@ -52,10 +52,7 @@ class UnCLIPSampler:
     """
 
     def __init__(self, pipe: StableUnCLIPImg2ImgPipeline, scheduler: str = "dpm_solver"):
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        pipe.set_progress_bar_config(disable=True)
+        prepare_for_sampling(pipe, scheduler)
         self.pipe = pipe
         self.resolution = pipeline_resolution(pipe)
         self.channels = int(pipe.vae.config.in_channels)
