@@ -43,8 +43,12 @@ def main(method: str) -> None:
     result["n_synthetic"] = 0
     if m.generated:
         synthetic = m.synthetic_dir(registry.LONG_TAIL)
-        result.update(synthetic_quality(synthetic, test_x, test_y, channels, density_k))
-        result.update(guide_criteria(synthetic, folder, channels, len(classes)))
+        rows = read_synthetic(synthetic)
+        if len(rows):  # read once for both: the oracle's metrics and the guiding classifier's criteria
+            images = load_rows(synthetic, rows, channels).float() / 255
+            labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)
+            result.update(synthetic_quality(images, labels, test_x, test_y, density_k))
+            result.update(guide_criteria(images, labels, folder, channels, len(classes)))
     log.info("evaluate %s: %s", method, {k: round(v, 4) for k, v in result["acc"].items()})
     out = Path("metrics/evaluate")
     seeds = pd.DataFrame([{"seed": int(run.name[4:]), **acc} for run, acc in zip(runs, per_seed, strict=True)])
@@ -52,17 +56,14 @@ def main(method: str) -> None:
     write_json(out / f"{method}.json", result)
 
 
-def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tensor, channels: int, k: int) -> dict:
-    """oracle_acc (label consistency), fd_oracle, density and coverage (k-NN balls, class by class) and,
-    with the Inception weights, Inception FID."""
-    rows = read_synthetic(synthetic)
-    if len(rows) == 0:
-        return {"n_synthetic": 0}
-    images = load_rows(synthetic, rows, channels).float() / 255
-    labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)
+def synthetic_quality(
+    images: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, k: int
+) -> dict:
+    """For synthetic ``images`` (N, C, H, W) in [0, 1] with ``labels`` (N,): oracle_acc (label consistency),
+    fd_oracle, density and coverage (k-NN balls, class by class) and, with the Inception weights, Inception FID."""
     oracle = load_classifier("models/oracle", device())
     logits, feats = predict(oracle, images)
-    out = {"n_synthetic": int(len(rows)), "oracle_acc": float((logits.argmax(1) == labels).float().mean())}
+    out = {"n_synthetic": int(len(labels)), "oracle_acc": float((logits.argmax(1) == labels).float().mean())}
     # Compare with real test images of the same classes only: the synthetic set covers a few classes.
     same = torch.isin(test_y, labels.unique())
     real = test_x[same]
@@ -92,17 +93,13 @@ def synthetic_quality(synthetic: Path, test_x: torch.Tensor, test_y: torch.Tenso
     return out
 
 
-def guide_criteria(synthetic: Path, folder: Path, channels: int, num_classes: int) -> dict:
-    """Mean loss, entropy and hardness of the synthetic set for the baseline classifier (the feedback
-    ladder's guide), hardness against class Gaussians of its real train features."""
-    rows = read_synthetic(synthetic)
-    if len(rows) == 0:
-        return {}
+def guide_criteria(images: torch.Tensor, labels: torch.Tensor, folder: Path, channels: int, num_classes: int) -> dict:
+    """Mean loss, entropy and hardness of the synthetic ``images`` (labelled ``labels``) for the baseline
+    classifier (the feedback ladder's guide), hardness against class Gaussians of its real train features."""
     classifier = load_classifier("models/classifier", device())
     real, real_y = load_split(folder, "train", channels)
     gaussians = class_gaussians(classifier, real.float() / 255, real_y, num_classes)
-    images = load_rows(synthetic, rows, channels).float() / 255
-    return mean_criteria(classifier, images, torch.tensor(rows["label"].tolist(), dtype=torch.int64), gaussians)
+    return mean_criteria(classifier, images, labels, gaussians)
 
 
 if __name__ == "__main__":
