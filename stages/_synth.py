@@ -71,14 +71,16 @@ def run_set(
     channels: int,
     batch_size: int,
     before_manifest: Callable[[pd.DataFrame, Path], None] | None = None,
+    out: Path | None = None,
 ) -> pd.DataFrame | None:
-    """Generate the plan's pending rows (the shard of process ``state``) into the method's synthetic folder.
+    """Generate the plan's pending rows (the shard of process ``state``) into the method's synthetic folder
+    (or ``out``: the feedback sweep's sets are the guided methods' plans at other step sizes).
 
     The main process then checks the set, calls ``before_manifest(manifest, folder)`` (method
     extras such as Ada's choices) and writes the manifest last, which marks the set complete.
     Returns the manifest on the main process, None on the others.
     """
-    out = method.synthetic_dir(mode)
+    out = method.synthetic_dir(mode) if out is None else Path(out)
     with progress_bar(len(plan), f"synth {method.name}") as bar:
         run_plan(
             plan,

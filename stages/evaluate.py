@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _guide import guide_criteria
 
 from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
@@ -15,7 +16,6 @@ from tailsynth.metrics.accuracy import evaluate_runs
 from tailsynth.metrics.coverage import class_density_coverage
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
 from tailsynth.models.classifier import load_classifier, predict
-from tailsynth.synth.guidance import class_gaussians, mean_criteria
 from tailsynth.synth.plan import read_synthetic
 
 from _common import device, load_params, log, prepared_dir, require, stage
@@ -91,15 +91,6 @@ def synthetic_quality(
         dev = device()
         out["fid"] = frechet_distance(inception_features(images, device=dev), inception_features(real, device=dev))
     return out
-
-
-def guide_criteria(images: torch.Tensor, labels: torch.Tensor, folder: Path, channels: int, num_classes: int) -> dict:
-    """Mean loss, entropy and hardness of the synthetic ``images`` (labelled ``labels``) for the baseline
-    classifier (the feedback ladder's guide), hardness against class Gaussians of its real train features."""
-    classifier = load_classifier("models/classifier", device())
-    real, real_y = load_split(folder, "train", channels)
-    gaussians = class_gaussians(classifier, real.float() / 255, real_y, num_classes)
-    return mean_criteria(classifier, images, labels, gaussians)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def monkeypatch_module():
 def test_every_stage_ran_and_declared_outputs_exist(project):
     stages = ran_stages((project / "repro.log").read_text())
     expected = {"prepare", "generator", "oracle", "generator_eval", "classifier", "report"}
-    expected |= {"generator_unclip", "generator_unclip_eval"} | {f"synth_feedback@{m}" for m in FEEDBACK}
+    expected |= {"generator_unclip", "generator_unclip_eval", "feedback_sweep"}
+    expected |= {f"synth_feedback@{m}" for m in FEEDBACK}
     expected |= {f"synth@{m}" for m in BASELINES} | {f"synth_genie@{m}" for m in GENIE}
     expected |= {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
     expected |= {f"fewshot_eval@{m}" for m in registry.names(registry.FEWSHOT)}
@@ -148,6 +149,31 @@ def test_feedback_sets_record_their_conditioning_image_criterion_and_final_value
     for split in check.values():  # 10 classes x 1 pair x 2 seeds x 2 directions
         assert split["n"] == 40 and 0 <= split["closer"] <= 1
         assert split["gap"] == pytest.approx(split["d_other"] - split["d_cond"])
+
+
+def test_feedback_sweep_reuses_the_ladder_and_varies_only_omega(project):
+    sweep = json.loads((project / "metrics/feedback_sweep.json").read_text())
+    assert sweep["criterion"] == "loss"
+    assert sorted(k for k in sweep if k != "criterion") == ["omega0", "omega0_01", "omega0_03", "omega0_1"]
+    for key, method in (("omega0", "ldm_text_image_dropout"), ("omega0_03", "feedback_loss")):  # the ladder's sets
+        metrics = json.loads((project / "metrics/evaluate" / f"{method}.json").read_text())
+        assert sweep[key]["acc"] == metrics["acc"] and sweep[key]["criterion"] == metrics["criterion_loss"]
+    ladder = pd.read_csv(project / "data/synthetic/feedback_loss/manifest.csv", keep_default_na=False)
+    for key, omega in (("omega0_01", 0.01), ("omega0_1", 0.1)):  # the guided plan at another step size
+        df = pd.read_csv(project / "data/synthetic/feedback_sweep" / key / "manifest.csv", keep_default_na=False)
+        for column in ("seed", "cond_image", "label", "dropout", "every", "criterion", "guide"):
+            assert df[column].tolist() == ladder[column].tolist(), column
+        assert (df["omega"] == omega).all() and not set(df["key"]) & set(ladder["key"])
+        assert sweep[key]["set"] == f"data/synthetic/feedback_sweep/{key}"
+        assert set(sweep[key]["acc"]) == set(sweep["omega0"]["acc"])
+    table = pd.read_csv(project / "metrics/plots/feedback_omega.csv")
+    assert table["omega"].tolist() == [0, 0.01, 0.03, 0.1]
+    assert table["acc_few"].tolist() == [
+        sweep[k]["acc"]["few"] for k in ("omega0", "omega0_01", "omega0_03", "omega0_1")
+    ]
+    assert table["criterion_value"].tolist() == [
+        sweep[k]["criterion"] for k in ("omega0", "omega0_01", "omega0_03", "omega0_1")
+    ]
 
 
 def test_metrics_are_in_range(project):
@@ -326,8 +352,13 @@ def test_exp_run_of_the_guidance_step_reruns_only_the_guided_methods(project):
     guided = [m for m in FEEDBACK if registry.METHODS[m].criterion]
     assert ran_stages(proc.stdout) == {
         f"{s}@{m}" for s in ("synth_feedback", "retrain", "evaluate") for m in guided
-    } | {"report"}
+    } | {"feedback_sweep", "report"}
     assert (pd.read_csv(project / "data/synthetic/feedback_entropy/manifest.csv")["omega"] == 0.1).all()
+    # The sweep's 0.1 is now the ladder's own set, and its 0.03 a set of its own (0.1's was pruned).
+    sweep = json.loads((project / "metrics/feedback_sweep.json").read_text())
+    assert sweep["omega0_1"]["set"] == "data/synthetic/feedback_loss"
+    assert sweep["omega0_03"]["set"] == "data/synthetic/feedback_sweep/omega0_03"
+    assert sorted(p.name for p in (project / "data/synthetic/feedback_sweep").iterdir()) == ["omega0_01", "omega0_03"]
 
 
 def test_interrupted_generation_resumes(project):
@@ -351,6 +382,7 @@ def test_exp_run_of_the_weak_augmentation_reaches_the_generated_methods(project)
     assert {f"retrain@{m}" for m in ["weak", *GENERATED, *FEEDBACK]} <= ran
     assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & ran
     assert "fewshot_eval@weak" in ran and not any(s.startswith(("synth", "fewshot_synth")) for s in ran)
+    assert "feedback_sweep" in ran  # it retrains the guided plan at each step size
 
 
 # `dvc exp show --md` with the columns a reviewer reads: the params that were swept and the few-class metrics.

@@ -188,3 +188,23 @@ def test_dual_conditioned_generator_that_cannot_be_loaded(project, tmp_path):
 def test_conditioning_check_params_are_whole_numbers(project):
     proc = project("generator_unclip_eval.py", params={"generator_unclip_eval": {"pairs": 0}})
     assert_one_line_error(proc, "generator_unclip_eval.pairs must be a whole number >= 1")
+
+
+@pytest.mark.parametrize(
+    "sweep, fragment",
+    [
+        ({"criterion": "margin"}, "feedback_sweep.criterion must be one of loss, entropy, hardness"),
+        ({"omega": [0.01, -0.1]}, "feedback_sweep.omega must be a non-empty list of numbers >= 0"),
+        ({"omega": []}, "feedback_sweep.omega must be a non-empty list"),
+        ({"omega": 0.1}, "feedback_sweep.omega must be a non-empty list"),
+    ],
+)
+def test_feedback_sweep_bad_params(project, sweep, fragment):
+    assert_one_line_error(project("feedback_sweep.py", params={"feedback_sweep": sweep}), fragment)
+    assert not (project.root / "data").exists() and not (project.root / "metrics").exists()
+
+
+def test_feedback_sweep_needs_the_ladders_metrics_before_generating(project):
+    proc = project("feedback_sweep.py")
+    assert_one_line_error(proc, "metrics/evaluate/ldm_text_image_dropout.json not found", "evaluate@")
+    assert not (project.root / "data").exists()

@@ -1,0 +1,22 @@
+"""Stage glue for the guiding classifier's view of a synthetic set (evaluate@<method>, feedback_sweep)."""
+
+from pathlib import Path
+
+import torch
+
+from tailsynth.data.manifest import load_split
+from tailsynth.models.classifier import load_classifier
+from tailsynth.synth.guidance import class_gaussians, mean_criteria
+
+from _common import device
+
+GUIDE = "models/classifier"
+
+
+def guide_criteria(images: torch.Tensor, labels: torch.Tensor, folder: Path, channels: int, num_classes: int) -> dict:
+    """Mean loss, entropy and hardness of the synthetic ``images`` (labelled ``labels``) for the baseline
+    classifier (the feedback ladder's guide), hardness against class Gaussians of its real train features."""
+    classifier = load_classifier(GUIDE, device())
+    real, real_y = load_split(folder, "train", channels)
+    gaussians = class_gaussians(classifier, real.float() / 255, real_y, num_classes)
+    return mean_criteria(classifier, images, labels, gaussians)
