@@ -8,7 +8,7 @@ then compares every metrics and plot-data file in ``metrics/`` with its committe
 
 - a file whose stage did not run (its outputs came from the remote or the cache) must be
   byte-identical: nothing was recomputed, so any difference is a committed file that its own
-  ``dvc.lock`` does not describe;
+  ``dvc.lock`` (or its part's ``pipelines/<part>/dvc.lock``) does not describe;
 - a file whose stage ran is compared number by number (JSON leaves, CSV cells) within
   ``--atol`` (default 0.05, i.e. 5 points of accuracy): torch does not promise bit-exact floats
   across CPU types, and a retrained classifier amplifies a last-bit difference. Text and images
@@ -33,6 +33,8 @@ import yaml
 
 PLACEHOLDER = "change-me"
 DVC = str(Path(sys.executable).parent / "dvc")
+# The lock of the root dvc.yaml and of each part of the pipeline (pipelines/<part>/dvc.yaml).
+LOCK_FILES = ("dvc.lock", *sorted(str(p.with_name("dvc.lock")) for p in Path().glob("pipelines/*/dvc.yaml")))
 
 
 def usable_remote() -> tuple[bool, str]:
@@ -123,8 +125,11 @@ def main() -> int:
         sys.stderr.write(proc.stderr[-5000:])
         print(f"reproduce: `{' '.join(cmd[1:])}` failed (exit {proc.returncode})", file=sys.stderr)
         return 1
-    ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
-    owner = stage_of_outputs((committed("dvc.lock") or b"").decode())
+    # A part's stage runs as 'pipelines/<part>/dvc.yaml:<stage>': the lock files name it <stage>.
+    ran = {name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", proc.stdout)}
+    owner = {}
+    for lock in LOCK_FILES:
+        owner.update(stage_of_outputs((committed(lock) or b"").decode()))
     tracked = subprocess.run(["git", "ls-files", "metrics"], capture_output=True, text=True).stdout.split()
     problems = []
     for path in tracked:

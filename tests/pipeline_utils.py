@@ -14,7 +14,22 @@ import stage_server
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("dvc.yaml", "params.yaml", "stages", "src", "ci", "pyproject.toml")
+COPIED = ("dvc.yaml", "pipelines", "params.yaml", "stages", "src", "ci", "pyproject.toml")
+# The pipeline's files: the root dvc.yaml and the parts in pipelines/<part>/dvc.yaml (each with its own lock).
+PIPELINE_FILES = ("dvc.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("pipelines/*/dvc.yaml")))
+
+
+def pipeline_stages(root: Path = ROOT) -> dict[str, dict]:
+    """Every stage of the pipeline's dvc.yaml files, by name (a foreach stage's ``do`` merged with its
+    ``foreach``), whichever file declares it."""
+    stages: dict[str, dict] = {}
+    for name in PIPELINE_FILES:
+        for stage, body in yaml.safe_load((root / name).read_text())["stages"].items():
+            assert stage not in stages, f"stage {stage} is declared twice"
+            stages[stage] = body
+    return stages
+
+
 _shim: Path | None = None
 
 

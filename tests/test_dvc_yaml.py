@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_utils import PIPELINE_FILES, pipeline_stages
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+DVC = {**yaml.safe_load((ROOT / "dvc.yaml").read_text()), "stages": pipeline_stages()}
 
 
 def module_file(name: str) -> Path | None:
@@ -78,3 +79,16 @@ def test_dvc_parses_yaml_with_the_c_extension():
     from ruamel.yaml import YAML
 
     assert YAML(typ="safe").Parser.__name__ == "CParser"
+
+
+def test_every_part_of_the_pipeline_runs_from_the_root_with_the_root_params():
+    """pipelines/<part>/dvc.yaml holds stages of the one pipeline (each part has its own, smaller lock file):
+    they run in the root (wdir), read its params.yaml (vars, for ${...}), and `dvc repro` at the root
+    reaches them because the report depends on their outputs (tests/test_pipeline.py runs it)."""
+    assert len(PIPELINE_FILES) > 1
+    for name in PIPELINE_FILES[1:]:
+        part = yaml.safe_load((ROOT / name).read_text())
+        assert part["vars"] == ["../../params.yaml"], name
+        for stage, body in part["stages"].items():
+            assert body.get("do", body)["wdir"] == "../..", f"{name}: stage {stage} must run in the root"
+        assert "plots" not in part, f"{name}: plots belong in the root dvc.yaml"

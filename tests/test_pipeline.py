@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from pipeline_utils import command_env, make_project, run, smoke_overrides
+from pipeline_utils import command_env, make_project, pipeline_stages, run, smoke_overrides
 
 from tailsynth.methods import registry
 
@@ -28,7 +28,8 @@ FEEDBACK = registry.names(registry.LONG_TAIL, registry.FEEDBACK)  # long-tail on
 
 
 def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
+    """Names of the stages a dvc run ran, without the ``pipelines/<part>/dvc.yaml:`` of the parts' stages."""
+    return {name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", output)}
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +307,7 @@ def test_changed_prepared_content_reaches_every_consumer(project):
     status = json.loads(run([DVC, "status", "--json"], project).stdout)
     readers = {
         name
-        for name, body in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items()
+        for name, body in pipeline_stages(project).items()
         if any("data/prepared/" in d for d in body.get("do", body).get("deps", []))
     }
     changed = {name.split("@")[0] for name in status}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pipeline_utils import pipeline_stages
 
 from tailsynth.errors import TailsynthError
 from tailsynth.methods import registry
@@ -17,7 +18,7 @@ from tailsynth.methods.episodic import augmented_support
 from tailsynth.synth.criteria import CRITERIA
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+DVC = {**yaml.safe_load((ROOT / "dvc.yaml").read_text()), "stages": pipeline_stages()}
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 LT, FS = registry.LONG_TAIL, registry.FEWSHOT
 
