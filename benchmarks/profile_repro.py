@@ -1,6 +1,6 @@
 """Cold `dvc repro` in a temporary clone, stage by stage: wall time and peak RSS of each stage.
 
-    python benchmarks/profile_repro.py [--rev HEAD] [--keep DIR]
+    python benchmarks/profile_repro.py [--rev HEAD] [--keep DIR] [--one-repro]
 
 Clones ``--rev`` of this repository into a temporary folder (nothing cached: no data/, models/ or
 DVC cache), lists the stages in the order `dvc repro` would run them, then runs each with
@@ -10,6 +10,10 @@ stages sorted by time, with the total, then the median of three no-op `dvc repro
 the run left `git status` clean (it should: committed results reproduce). The library is imported
 from the clone (PYTHONPATH), so an older revision is profiled with its own code. Timings include
 dvc's own overhead per call (about a second), which a single `dvc repro` pays once.
+
+``--one-repro`` instead runs one `dvc repro`, as `make run` does, and times each stage from the
+moment dvc announces it to the next announcement (so a stage's time includes dvc's lock update
+after it; the last one ends with the run); the peak RSS is then the whole run's.
 """
 
 from __future__ import annotations
@@ -56,10 +60,37 @@ def stage_order(clone: Path, env: dict) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", out)
 
 
+def one_repro(clone: Path, env: dict) -> list[tuple[str, float, float]]:
+    """One `dvc repro` in ``clone``: (stage, seconds from its announcement to the next, run's peak RSS MiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    marks, tail = [], []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        found = re.search(r"Running stage '([^']+)'", line)
+        if found:
+            marks.append((found.group(1), time.perf_counter()))
+            print(f"  {time.perf_counter() - t0:7.1f} s  {found.group(1)}", flush=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    end = time.perf_counter()
+    if os.waitstatus_to_exitcode(status):
+        sys.stderr.write("".join(tail))
+        raise SystemExit("dvc repro failed")
+    rss = usage.ru_maxrss / 1024
+    starts = [t for _, t in marks] + [end]
+    rows = [(name, starts[i + 1] - t, rss) for i, (name, t) in enumerate(marks)]
+    if marks:  # what dvc did before the first stage (collecting, checking) is its own row
+        rows.append(("(dvc start-up)", marks[0][1] - t0, rss))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", default="HEAD", help="git revision to profile")
     ap.add_argument("--keep", type=Path, help="clone here and keep it (default: a temporary folder, removed)")
+    ap.add_argument("--one-repro", action="store_true", help="one `dvc repro` (as make run), stages timed from its log")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="tailsynth-profile-"))
     clone = work / "repo" if args.keep is None else work
@@ -70,14 +101,14 @@ def main() -> None:
         rev = run(["git", "rev-parse", "--short", "HEAD"], clone, env).stdout.strip()
         stages = stage_order(clone, env)
         print(f"profiling {len(stages)} stages of {rev} in {clone} ({os.cpu_count()} cores)", flush=True)
-        rows, t0 = [], time.perf_counter()
-        for name in stages:
+        rows, t0 = ([] if not args.one_repro else one_repro(clone, env)), time.perf_counter()
+        for name in stages if not args.one_repro else []:
             wall, rss, code = timed([str(BIN / "dvc"), "repro", "--single-item", name], clone, env)
             rows.append((name, wall, rss))
             print(f"  {name:<32} {wall:8.1f} s {rss:8.0f} MiB", flush=True)
             if code:
                 raise SystemExit(f"stage {name} failed (exit {code})")
-        total = time.perf_counter() - t0
+        total = sum(r[1] for r in rows) if args.one_repro else time.perf_counter() - t0
         print(f"\nstages by wall time ({rev}):")
         print(f"| {'stage':<32} | {'wall s':>8} | {'share':>6} | {'peak RSS MiB':>12} |")
         print(f"|{'-' * 34}|{'-' * 10}|{'-' * 8}|{'-' * 14}|")
