@@ -23,6 +23,7 @@ from tailsynth.report.summary import (
     chosen_r_table,
     fewshot_columns,
     fewshot_markdown,
+    omega_sweep_markdown,
     oracle_header,
     paired_markdown,
     paired_table,
@@ -172,6 +173,7 @@ def main() -> None:
         f"(worst class {100 * g['oracle_acc_min']:.1f}%).\n"
     )
     text += conditioning_text(read_json("metrics/generator_unclip.json"))
+    text += "\n" + omega_sweep_markdown(read_json("metrics/feedback_sweep.json"))
     if reason:
         text += f"\n† unreliable: {reason}.\n"
     if not trusted:

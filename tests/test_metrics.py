@@ -6,7 +6,14 @@ import torch
 
 from tailsynth.metrics.accuracy import bucket_accuracy, mean_std, per_class_accuracy
 from tailsynth.metrics.frechet import INCEPTION_FILE, frechet_distance, inception_features, inception_weights_path
-from tailsynth.report.summary import bucket_table, chosen_r_table, per_class_table, summary_markdown, summary_rows
+from tailsynth.report.summary import (
+    bucket_table,
+    chosen_r_table,
+    omega_sweep_markdown,
+    per_class_table,
+    summary_markdown,
+    summary_rows,
+)
 
 CLASSES = [{"index": 0, "name": "a", "bucket": "many"}, {"index": 1, "name": "b", "bucket": "few"}]
 
@@ -118,3 +125,25 @@ def test_density_and_coverage_of_the_real_distribution_itself():
     # Naeem et al.: for identical distributions E[density] = 1 and E[coverage] = 1 - 1/2^k (M = N).
     assert density == pytest.approx(1.0, abs=0.06) and coverage == pytest.approx(1 - 0.5**5, abs=0.02)
     assert density_coverage(real, shifted, k=5)[1] < 0.2
+
+
+def test_omega_sweep_table_lists_every_point_in_omega_order():
+    def point(omega, few, criterion, where):
+        acc = {"few": few, "overall": 0.9}
+        return {
+            "omega": omega,
+            "acc": acc,
+            "acc_std": {"few": 0.01, "overall": 0.0},
+            "criterion": criterion,
+            "set": where,
+        }
+
+    sweep = {
+        "criterion": "loss",
+        "omega0_1": point(0.1, 0.95, 1.75, "data/synthetic/feedback_sweep/omega0_1"),
+        "omega0": point(0.0, 0.925, 0.155, "data/synthetic/ldm_text_image_dropout"),
+    }
+    lines = omega_sweep_markdown(sweep).splitlines()
+    assert lines[0] == "## Feedback guidance step sweep (feedback_loss's plan at each omega)"
+    assert lines[4] == "| 0 | 92.5 ± 1.0 | 90.0 ± 0.0 | 0.155 | data/synthetic/ldm_text_image_dropout |"
+    assert lines[5] == "| 0.1 | 95.0 ± 1.0 | 90.0 ± 0.0 | 1.750 | data/synthetic/feedback_sweep/omega0_1 |"

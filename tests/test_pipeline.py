@@ -167,6 +167,10 @@ def test_feedback_sweep_reuses_the_ladder_and_varies_only_omega(project):
         assert (df["omega"] == omega).all() and not set(df["key"]) & set(ladder["key"])
         assert sweep[key]["set"] == f"data/synthetic/feedback_sweep/{key}"
         assert set(sweep[key]["acc"]) == set(sweep["omega0"]["acc"])
+    assert (
+        "## Feedback guidance step sweep (feedback_loss's plan at each omega)"
+        in (project / "metrics/summary.md").read_text()
+    )
     table = pd.read_csv(project / "metrics/plots/feedback_omega.csv")
     assert table["omega"].tolist() == [0, 0.01, 0.03, 0.1]
     assert table["acc_few"].tolist() == [

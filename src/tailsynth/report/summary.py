@@ -150,6 +150,24 @@ def sweep_markdown(sweep: dict[str, dict], shots: list[int], oracle: str = "orac
     return "\n".join(lines) + "\n"
 
 
+def omega_sweep_markdown(sweep: dict) -> str:
+    """The feedback guidance step sweep (metrics/feedback_sweep.json): per omega, few-class and overall
+    accuracy (mean ± std over seeds) and the set's mean criterion for the guiding classifier."""
+    criterion = sweep["criterion"]
+    lines = [
+        f"## Feedback guidance step sweep (feedback_{criterion}'s plan at each omega)",
+        "",
+        f"| omega | acc few | acc overall | mean {criterion} | set |",
+        "|---|---|---|---|---|",
+    ]
+    points = sorted((v for v in sweep.values() if isinstance(v, dict)), key=lambda v: v["omega"])
+    for v in points:
+        few = _fmt(v["acc"]["few"], v["acc_std"]["few"])
+        overall = _fmt(v["acc"]["overall"], v["acc_std"]["overall"])
+        lines.append(f"| {v['omega']:g} | {few} | {overall} | {v['criterion']:.3f} | {v['set']} |")
+    return "\n".join(lines) + "\n"
+
+
 def chosen_r_table(long_tail: list[float], fewshot: dict[str, dict]) -> pd.DataFrame:
     """GeNIe-Ada's chosen-r histogram: column ``count`` (long-tail rows) and ``<method>_<K>shot``.
 
