@@ -373,7 +373,7 @@ def test_interrupted_generation_resumes(project):
     for p in images[:2]:
         p.unlink()
     (folder / "manifest.csv").unlink()  # as if killed before the end
-    proc = run([DVC, "repro", "synth@txt2img"], project)
+    proc = run([DVC, "repro", "pipelines/synth/dvc.yaml:synth@txt2img"], project)  # a part's stage, by address
     assert "synth@txt2img" in ran_stages(proc.stdout)
     assert all(p.is_file() for p in images)
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished rows were not redone
@@ -481,9 +481,9 @@ def test_queued_sweep_runs_two_at_a_time_on_the_shared_cache(project, queued):
     header = table.splitlines()[0]
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "Experiment",
+        "metrics/evaluate/genie.json:acc.few",
         "metrics/fewshot/genie.json:1shot.mean",
         "metrics/fewshot/genie.json:5shot.mean",
-        "metrics/evaluate/genie.json:acc.few",
         "genie.r",
     ]
 

@@ -61,6 +61,7 @@ def test_plot_definitions_of_this_pipeline():
         "metrics/plots/by_bucket.csv",
         "metrics/plots/chosen_r.csv",
         "metrics/plots/r_sweep.csv",
+        "metrics/plots/feedback_omega.csv",
     }
     assert images == [
         "metrics/plots/generator_samples.png",
