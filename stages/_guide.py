@@ -13,10 +13,15 @@ from _common import device
 GUIDE = "models/classifier"
 
 
-def guide_criteria(images: torch.Tensor, labels: torch.Tensor, folder: Path, channels: int, num_classes: int) -> dict:
-    """Mean loss, entropy and hardness of the synthetic ``images`` (labelled ``labels``) for the baseline
-    classifier (the feedback ladder's guide), hardness against class Gaussians of its real train features."""
+def load_guide(folder: Path, channels: int, num_classes: int):
+    """The baseline classifier (the feedback ladder's guide) and its class Gaussians, fitted on the real
+    train features of ``folder`` (what hardness is measured against)."""
     classifier = load_classifier(GUIDE, device())
     real, real_y = load_split(folder, "train", channels)
-    gaussians = class_gaussians(classifier, real.float() / 255, real_y, num_classes)
+    return classifier, class_gaussians(classifier, real.float() / 255, real_y, num_classes)
+
+
+def guide_criteria(images: torch.Tensor, labels: torch.Tensor, folder: Path, channels: int, num_classes: int) -> dict:
+    """Mean loss, entropy and hardness of the synthetic ``images`` (labelled ``labels``) for the guide."""
+    classifier, gaussians = load_guide(folder, channels, num_classes)
     return mean_criteria(classifier, images, labels, gaussians)

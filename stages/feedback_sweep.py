@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from _feedback import generate_ladder_set, ladder_settings
-from _guide import guide_criteria
+from _guide import load_guide
 from _retrain import retrain_data, retrain_models
 
 from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
@@ -27,6 +27,7 @@ from tailsynth.methods import registry
 from tailsynth.metrics.accuracy import evaluate_runs
 from tailsynth.models.classifier import predict
 from tailsynth.synth.criteria import CRITERIA
+from tailsynth.synth.guidance import mean_criteria
 from tailsynth.synth.plan import read_synthetic
 
 from _common import load_params, log, prepared_dir, require, stage
@@ -73,6 +74,8 @@ def main() -> None:
     channels, _ = image_shape(folder)
     test_x, test_y = load_split(folder, "test", channels)
     test_x = test_x.float() / 255
+    if generated:  # once for every generated set: the guide and its class Gaussians do not depend on omega
+        guide, gaussians = load_guide(folder, channels, len(classes))
     for omega in generated:
         synthetic = OUT / sweep_key(omega)
         data = retrain_data(params, folder, f"{guided.name} at omega {omega:g}", synthetic)
@@ -81,7 +84,7 @@ def main() -> None:
         rows = read_synthetic(synthetic)
         images = load_rows(synthetic, rows, channels).float() / 255
         labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)
-        value = guide_criteria(images, labels, folder, channels, len(classes))[f"criterion_{criterion}"]
+        value = mean_criteria(guide, images, labels, gaussians)[f"criterion_{criterion}"]
         points[omega] = {"acc": result["acc"], "acc_std": result["acc_std"], "criterion": value, "set": str(synthetic)}
     table = []
     for omega in sorted(points):
