@@ -1,6 +1,7 @@
 """Build the embedded dual-conditioned generator from the trained one and check that it uses the image.
 
     python benchmarks/unclip_recipe.py [--encoder-steps 300] [--unet-steps 300] [--batch-size 64]
+        [--lr 2e-3] [--class-lr 1e-2] [--min-timestep 400]
 
 Run in a repository whose `dvc repro` has produced data/prepared/digits, models/generator and
 models/oracle. Trains the image encoder on the pool, fine-tunes the zero-initialised unCLIP UNet,
@@ -58,8 +59,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--noise-level", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=2e-4, help="UNet body learning rate")
-    ap.add_argument("--class-lr", type=float, default=1e-3, help="learning rate of the image-embedding input")
+    ap.add_argument("--lr", type=float, default=2e-3, help="UNet body learning rate")
+    ap.add_argument("--class-lr", type=float, default=1e-2, help="learning rate of the image-embedding input")
+    ap.add_argument("--min-timestep", type=int, default=400, help="fine-tune on timesteps from this one up")
     ap.add_argument("--cfg", type=float, default=4.0)
     args = ap.parse_args()
     classes = read_classes(args.prepared)
@@ -89,6 +91,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         class_lr=args.class_lr,
+        min_timestep=args.min_timestep,
     )
     t_unet = time.perf_counter() - t1
     print(f"image encoder: {args.encoder_steps} steps x 128 in {t_encoder:.0f} s (loss {enc.loss:.3f})")

@@ -88,6 +88,7 @@ def main() -> None:
         drop_image=u["drop_image"],
         drop_text=u["drop_text"],
         ema_decay=u["ema_decay"],
+        min_timestep=u["min_timestep"],
         seed=p["seed"],
         device=dev,
         callback=progress("unet"),

@@ -79,6 +79,22 @@ def test_finetune_moves_the_image_input_and_the_folder_round_trips(built, tmp_pa
     assert not torch.equal(out_a, out_c)
 
 
+def test_finetune_draws_timesteps_from_min_timestep_up(built):
+    base, pipe, images, labels, embeds = built
+    mean, std = gen.encode_latents(base.vae, images)
+    prompts = [PROMPTS[int(y)] for y in labels]
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(a[1].clone()), with_kwargs=True)
+    try:
+        uc.finetune_unclip(pipe, mean, std, prompts, embeds, steps=4, batch_size=8, min_timestep=990)
+    finally:
+        handle.remove()
+    t = torch.cat(seen)
+    assert len(t) == 32 and t.min() >= 990 and t.max() <= 999
+    with pytest.raises(uc.TailsynthError, match=r"generator_unclip.unet.min_timestep must be in \[0, 1000\)"):
+        uc.finetune_unclip(pipe, mean, std, prompts, embeds, steps=1, batch_size=8, min_timestep=1000)
+
+
 def test_condition_drops_split_the_unit_interval():
     u = torch.tensor([0.05, 0.15, 0.25, 0.35, 0.95])
     no_text, no_image = uc.condition_drops(u, both=0.1, image=0.1, text=0.1)

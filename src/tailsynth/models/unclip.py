@@ -272,6 +272,7 @@ def finetune_unclip(
     drop_image: float = 0.1,
     drop_text: float = 0.1,
     ema_decay: float = 0.999,
+    min_timestep: int = 0,
     log_every: int = 50,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -286,7 +287,14 @@ def finetune_unclip(
     whole class-label vector set to 0, which is what the pipeline's unconditional branch feeds.
     The projection input trains at ``class_lr``, the rest of the UNet at ``lr``; the EMA weights
     are loaded at the end. The text encoder stays frozen. Draws come from a seeded CPU generator.
+
+    Timesteps are drawn uniformly from [``min_timestep``, T): the embedding tells the model which
+    instance of the class to draw, which a latent at a low timestep already shows, so the steps
+    spent there barely teach the model to use it (``benchmarks/unclip_recipe.py`` measures the pull).
     """
+    total = int(pipe.scheduler.config.num_train_timesteps)
+    if not 0 <= min_timestep < total:
+        raise TailsynthError(f"generator_unclip.unet.min_timestep must be in [0, {total}), got {min_timestep}")
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     scale = pipe.vae.config.scaling_factor
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -310,7 +318,7 @@ def finetune_unclip(
         n = len(idx)
         z0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (n,), generator=gen)
+        t = torch.randint(min_timestep, noise_sched.config.num_train_timesteps, (n,), generator=gen)
         zt = noise_sched.add_noise(z0, noise, t)
         level = torch.randint(0, levels, (n,), generator=gen)
         embed_noise = torch.randn(image_embeds[idx].shape, generator=gen)
