@@ -12,6 +12,8 @@ import sys
 import torch
 from _fewshot import ADA_CHOICES, BACKBONE, embed_files, read_episodes
 
+from tailsynth.data.class_names import uses_group
+from tailsynth.data.groups import class_groups
 from tailsynth.data.manifest import image_shape, read_classes, read_manifest
 from tailsynth.io import atomic_write_text
 from tailsynth.methods import registry
@@ -49,6 +51,7 @@ def main(method: str) -> None:
     classes = read_classes(folder)
     channels, size = image_shape(folder)
     support_images = sorted(set(episodes.loc[episodes["role"] == "support", "image"]))
+    manifest = read_manifest(folder)
     rows = plan_episodic(
         method,
         kind,
@@ -60,7 +63,8 @@ def main(method: str) -> None:
         cfg=p["cfg"],
         scheduler=p["scheduler"],
         seed=p["seed"],
-        source_hashes=image_hashes(read_manifest(folder)),
+        source_hashes=image_hashes(manifest),
+        class_groups=class_groups(manifest) if uses_group(params["generator"]["prompt"]) else None,
     )
     synthesis = Synthesis(p["scheduler"])
     plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)

@@ -2,8 +2,8 @@
 
 import time
 
-from tailsynth.data.class_names import prompt_for
-from tailsynth.data.manifest import image_shape, load_split, read_classes
+from tailsynth.data.groups import every_prompt, image_prompts
+from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.models import generator as gen
@@ -28,11 +28,13 @@ def main() -> None:
         raise TailsynthError(f"unknown generator.source {p['source']!r}; use train or pretrained")
     folder = prepared_dir(params)
     classes = read_classes(folder)
-    prompts = [prompt_for(p["prompt"], c) for c in classes]
-    images, labels = load_split(folder, p["train_split"], image_shape(folder)[0], "generator.train_split")
-    if len(images) == 0:
+    manifest = read_manifest(folder)
+    rows = select_rows(manifest, p["train_split"], "generator.train_split")
+    if len(rows) == 0:
         raise TailsynthError(f"generator.train_split {p['train_split']!r} selects no images in {folder}")
-    images = images.float() / 255
+    # With {group} in the prompt, each image is learnt with its own context's prompt.
+    prompts, train_prompts = every_prompt(p["prompt"], classes, manifest), image_prompts(p["prompt"], classes, rows)
+    images = load_rows(folder, rows, image_shape(folder)[0]).float() / 255
     config = gen.SmallLDMConfig(image_size=images.shape[-1], channels=images.shape[1])
     components = gen.build_small_ldm(prompts, config, seed=p["seed"])
     v, u = p["vae"], p["unet"]
@@ -60,7 +62,7 @@ def main() -> None:
         components,
         mean,
         std,
-        [prompts[y] for y in labels.tolist()],
+        train_prompts,
         steps=u["steps"],
         batch_size=u["batch_size"],
         lr=u["lr"],

@@ -2,9 +2,10 @@
 
 import torch
 
-from tailsynth.data.class_names import prompt_for
+from tailsynth.data.class_names import prompt_for, uses_group
+from tailsynth.data.groups import class_groups
 from tailsynth.data.images import match_channels, resize_batch
-from tailsynth.data.manifest import image_shape, read_classes
+from tailsynth.data.manifest import image_shape, read_classes, read_manifest
 from tailsynth.io import write_json
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.models.generator import load_pipeline
@@ -27,12 +28,16 @@ def main() -> None:
     sampler = LatentDiffusionSampler(load_pipeline("models/generator", device=dev, dtype=dtype), p["scheduler"])
     oracle = load_classifier("models/oracle", device=dev)
     images, labels = [], []
+    template = params["generator"]["prompt"]
+    groups = class_groups(read_manifest(folder)) if uses_group(template) else {}
     for c in classes:
-        prompt = prompt_for(params["generator"]["prompt"], c)
+        # With {group} in the prompt, sample j names the class's (j mod G)-th context.
+        contexts = groups.get(c["index"]) or [None]
+        prompts = [prompt_for(template, c, contexts[j % len(contexts)]) for j in range(p["per_class"])]
         for start in range(0, p["per_class"], p["batch_size"]):
             n = min(p["batch_size"], p["per_class"] - start)
             seeds = [derive_seed(p["seed"], c["index"], start + i) for i in range(n)]
-            out = sampler.generate([prompt] * n, seeds, steps=p["steps"], cfg=p["cfg"])
+            out = sampler.generate(prompts[start : start + n], seeds, steps=p["steps"], cfg=p["cfg"])
             images.append(resize_batch(match_channels(out, channels), size))
             labels += [c["index"]] * n
     images, labels = torch.cat(images), torch.tensor(labels)

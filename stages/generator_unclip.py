@@ -5,8 +5,11 @@ encoder trained on generator_unclip.train_split and a zero-initialised image-emb
 UNet is fine-tuned with. Pretrained: a StableUnCLIPImg2ImgPipeline hub id or folder, saved as is.
 """
 
-from tailsynth.data.class_names import prompt_for
-from tailsynth.data.manifest import image_shape, load_split, read_classes
+import torch
+
+from tailsynth.data.class_names import prompt_for, uses_group
+from tailsynth.data.groups import class_groups, image_prompts
+from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 
@@ -32,10 +35,13 @@ def main() -> None:
             write_json(tmp / "tailsynth.json", {"source": "pretrained", "model": model, "prompt": prompt})
         return
     folder = prepared_dir(params)
-    prompts = [prompt_for(prompt, c) for c in read_classes(folder)]
-    images, labels = load_split(folder, p["train_split"], image_shape(folder)[0], "generator_unclip.train_split")
-    if len(images) == 0:
+    classes, manifest = read_classes(folder), read_manifest(folder)
+    rows = select_rows(manifest, p["train_split"], "generator_unclip.train_split")
+    if len(rows) == 0:
         raise TailsynthError(f"generator_unclip.train_split {p['train_split']!r} selects no images in {folder}")
+    images = load_rows(folder, rows, image_shape(folder)[0])
+    labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
+    train_prompts = image_prompts(prompt, classes, rows)  # each image with its own context's prompt
     e, u = p["encoder"], p["unet"]
     # Imported after the params are read: diffusers and transformers take seconds to import.
     from tailsynth.models import generator as gen
@@ -62,7 +68,7 @@ def main() -> None:
         encoder,
         images.float() / 255,
         labels,
-        uc.pooled_text(base, prompts),
+        class_text(base, prompt, classes, manifest),
         steps=e["steps"],
         batch_size=e["batch_size"],
         lr=e["lr"],
@@ -78,7 +84,7 @@ def main() -> None:
         pipe,
         mean.cpu(),
         std.cpu(),
-        [prompts[y] for y in labels.tolist()],
+        train_prompts,
         embeds,
         steps=u["steps"],
         batch_size=u["batch_size"],
@@ -105,6 +111,19 @@ def main() -> None:
     with atomic_dir(OUT) as tmp:
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "tailsynth.json", info)
+
+
+def class_text(base, template: str, classes: list[dict], manifest) -> torch.Tensor:
+    """(K, T) class targets of the image encoder: each class's pooled prompt embedding, or with {group}
+    in the prompt the mean over the class's contexts."""
+    from tailsynth.models import unclip as uc
+
+    if not uses_group(template):
+        return uc.pooled_text(base, [prompt_for(template, c) for c in classes])
+    groups = class_groups(manifest)
+    return torch.stack(
+        [uc.pooled_text(base, [prompt_for(template, c, g) for g in groups[int(c["index"])]]).mean(0) for c in classes]
+    )
 
 
 if __name__ == "__main__":

@@ -395,7 +395,15 @@ KEEP = r"Experiment|genie\.r|metrics/(evaluate|fewshot)/genie\.json:(acc\.few|.s
 EXP_SHOW = [DVC, "exp", "show", "--md", "--drop", ".*", "--keep", KEEP]
 
 
-GROUPS_EXP = ["-S", "data.dataset=digits_groups", "-S", "retrain.balanced=group"]
+GROUP_PROMPT = "a photo of a {name}, {group}"  # quoted below: unquoted, -S would split it at the comma
+GROUPS_EXP = [
+    "-S",
+    "data.dataset=digits_groups",
+    "-S",
+    "retrain.balanced=group",
+    "-S",
+    f'generator.prompt="{GROUP_PROMPT}"',
+]
 
 
 @pytest.fixture(scope="module")
@@ -508,6 +516,21 @@ def test_the_group_imbalanced_digits_run_reports_worst_group_accuracy(project, q
     run([DVC, "exp", "apply", "groups"], project)
     manifest = pd.read_csv(project / "data/prepared/digits_groups/manifest.csv")
     assert set(manifest["group"]) == {"plain", "inverted", "rotated", "thick"}
+    # The prompt names the context: every synthetic row has one of its class's contexts, in its prompt.
+    contexts = manifest.groupby("label")["group"].agg(set).to_dict()
+    names = {
+        c["index"]: c["prompt_name"]
+        for c in json.loads((project / "data/prepared/digits_groups/classes.json").read_text())
+    }
+    for m in ["txt2img", "genie", "ldm_text_image"]:
+        rows = pd.read_csv(project / f"data/synthetic/{m}/manifest.csv", keep_default_na=False)
+        assert all(g in contexts[t] for t, g in zip(rows["target"], rows["group"], strict=True)), m
+        assert (
+            rows["prompt"]
+            == [GROUP_PROMPT.format(name=names[t], group=g) for t, g in zip(rows["target"], rows["group"], strict=True)]
+        ).all(), m
+    fewshot = pd.read_csv(project / "data/fewshot/synthetic/genie_ada/manifest.csv", keep_default_na=False)
+    assert fewshot.groupby("seed")["group"].nunique().max() == 1  # a pair's levels share their context
     run(["git", "reset", "-q", "--hard"], project)
     run([DVC, "checkout", "--force"], project)
 

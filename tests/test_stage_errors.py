@@ -208,3 +208,13 @@ def test_feedback_sweep_needs_the_ladders_metrics_before_generating(project):
     proc = project("feedback_sweep.py")
     assert_one_line_error(proc, "metrics/evaluate/ldm_text_image_dropout.json not found", "evaluate@")
     assert not (project.root / "data").exists()
+
+
+def test_a_prompt_naming_the_group_on_a_dataset_without_groups(project):
+    prepared = project.root / "data/prepared/digits"
+    prepared.mkdir(parents=True)
+    (prepared / "manifest.csv").write_text("image,label,split,in_pool,sha\nimages/a.png,0,train,1,0\n")
+    (prepared / "classes.json").write_text('[{"index": 0, "name": "zero", "prompt_name": "zero"}]')
+    proc = project("generator.py", params={"generator": {"prompt": "a photo of a {name}, {group}"}})
+    assert_one_line_error(proc, "generator.prompt names {group}", "no group column")
+    assert not (project.root / "models").exists()

@@ -143,22 +143,41 @@ def describe_classes(
     return unique, [prompt_name(n) for n in names], [e["superclass"] for e in entries]
 
 
-def prompt_for(template: str, class_info: dict) -> str:
-    """Fill the prompt template (param ``generator.prompt``) with a class's names.
-
-    ``{name}`` is the class's prompt name; ``{superclass}`` needs a class with a known superclass.
-    """
+def prompt_fields(template: str) -> set[str]:
+    """The field names of a prompt template, e.g. ``{"name", "group"}``."""
     try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-        if "superclass" in fields and not class_info.get("superclass"):
-            raise TailsynthError(
-                f"generator.prompt {template!r} uses {{superclass}} but class {class_info.get('name')!r} has none; "
-                "set data.class_names to a file with a superclass column, or drop {superclass} from the prompt"
-            )
-        return template.format(name=class_info["prompt_name"], superclass=class_info.get("superclass") or "")
-    except (KeyError, IndexError) as exc:
-        raise TailsynthError(
-            f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}} (and {{superclass}})"
-        ) from exc
+        return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
     except ValueError as exc:
         raise TailsynthError(f"generator.prompt {template!r} is not a valid template: {exc}") from exc
+
+
+def uses_group(template: str) -> bool:
+    """Whether the prompt template names the image's group (context), ``{group}``."""
+    return "group" in prompt_fields(template)
+
+
+def prompt_for(template: str, class_info: dict, group: str | None = None) -> str:
+    """Fill the prompt template (param ``generator.prompt``) with a class's names.
+
+    ``{name}`` is the class's prompt name; ``{superclass}`` needs a class with a known superclass;
+    ``{group}`` needs ``group``, the image's context (datasets with a group column).
+    """
+    fields = prompt_fields(template)
+    if "superclass" in fields and not class_info.get("superclass"):
+        raise TailsynthError(
+            f"generator.prompt {template!r} uses {{superclass}} but class {class_info.get('name')!r} has none; "
+            "set data.class_names to a file with a superclass column, or drop {superclass} from the prompt"
+        )
+    if "group" in fields and not group:
+        raise TailsynthError(
+            f"generator.prompt {template!r} uses {{group}} but class {class_info.get('name')!r} has no group here "
+            "(the dataset has no group column, or this use has no context); drop {group} from the prompt"
+        )
+    try:
+        return template.format(
+            name=class_info["prompt_name"], superclass=class_info.get("superclass") or "", group=group or ""
+        )
+    except (KeyError, IndexError) as exc:
+        raise TailsynthError(
+            f"generator.prompt {template!r} uses an unknown field {exc}; use {{name}}, {{superclass}} or {{group}}"
+        ) from exc

@@ -20,7 +20,7 @@ import math
 import pandas as pd
 import torch
 
-from tailsynth.data.class_names import prompt_for
+from tailsynth.data.class_names import prompt_for, uses_group
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import _beta, strong_transform, weak_transform
 from tailsynth.methods.generated import check_noise_ratio
@@ -44,13 +44,16 @@ def plan_episodic(
     scheduler: str,
     seed: int,
     source_hashes: dict[str, str] | None = None,
+    class_groups: dict[int, list[str]] | None = None,
 ) -> list[dict]:
     """Plan rows for every episode's largest support (see the module docstring for the counts).
 
     ``levels`` holds the noise ratio of ``img2img``/``genie`` rows, or the whole grid for Ada
     (one row per level and pair, all with the pair's seed, so a level's image is exactly
     fixed-r GeNIe's). GeNIe seeds do not include ``method``: ``genie`` at r and Ada's level r
-    give the same image.
+    give the same image. A prompt naming ``{group}`` needs ``class_groups`` ({class index: its
+    contexts}, :func:`tailsynth.data.groups.class_groups`); each row's context is then drawn from
+    its seed.
     """
     if kind not in KINDS:
         raise TailsynthError(f"unknown few-shot generation kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -60,6 +63,9 @@ def plan_episodic(
         )
     info = {c["index"]: c for c in classes}
     hashes = source_hashes or {}
+    grouped = uses_group(prompt_template)
+    if grouped and not class_groups:
+        prompt_for(prompt_template, classes[0])  # the error for a prompt naming {group} without groups
     rows: list[dict] = []
     for e, ep in episodes.groupby("episode", sort=True):
         sup = ep[ep["role"] == "support"].sort_values(["way", "rank"])
@@ -74,7 +80,7 @@ def plan_episodic(
                 "steps": int(steps),
                 "cfg": float(cfg),
                 "scheduler": scheduler,
-                "prompt": prompt_for(prompt_template, info[t]),
+                "prompt": "" if grouped else prompt_for(prompt_template, info[t]),
             }
             if kind == "txt2img":
                 for k in range((ways - 1) * kmax):
@@ -123,6 +129,13 @@ def plan_episodic(
                                 "pair": f"{e}:{t}:{src}",
                             }
                         )
+    if grouped:
+        # A context of the target class drawn from the row's seed: rows that share a seed (GeNIe-Ada's
+        # levels of a pair, fixed-r GeNIe's row of that pair) share it, so their images still match.
+        for row in rows:
+            groups = class_groups[row["target"]]
+            row["group"] = groups[derive_seed(row["seed"], "group") % len(groups)]
+            row["prompt"] = prompt_for(prompt_template, info[row["target"]], row["group"])
     return rows
 
 

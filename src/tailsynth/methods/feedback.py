@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tailsynth.data.class_names import prompt_for
+from tailsynth.data.groups import row_prompts
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.generated import prompt_row, target_classes
 from tailsynth.methods.registry import Method
@@ -89,7 +89,10 @@ def plan_feedback(
     Row j of class k has the seed ``derive_seed(seed, "feedback", k, j)`` and, in methods with an
     image, the conditioning image ``order[j % n]`` of a seeded permutation of the class's n train
     images (``manifest`` rows), whatever the method: rows pair up across the ladder. ``guide``
-    identifies the guiding classifier (weights) and enters the keys of guided rows.
+    identifies the guiding classifier (weights) and enters the keys of guided rows. With ``{group}``
+    in ``prompt_template``, rows get their class's contexts rarest first
+    (:func:`tailsynth.data.groups.row_groups`) and condition on images of their own context when it
+    has train images.
     """
     if method.generation != "unclip":
         raise TailsynthError(f"method {method.name!r} is not a feedback-ladder method")
@@ -105,13 +108,21 @@ def plan_feedback(
                 "drop it from feedback.buckets or add train images"
             )
         order = np.random.default_rng(derive_seed(seed, "feedback", k, "condition")).permutation(len(images))
-        for j in range(n):
+        # Rows that name a context condition on the images of that context when it has any (a seeded
+        # order of them, cycled), else on the class's order: the image should not contradict the prompt.
+        cell_images, cell_used = {}, {}
+        if "group" in train:
+            own = train[train["label"] == k]
+            for g, paths in own.groupby(own["group"].astype(str))["image"]:
+                perm = np.random.default_rng(derive_seed(seed, "feedback", k, g, "condition")).permutation(len(paths))
+                cell_images[g] = [paths.tolist()[i] for i in perm]
+        for j, (prompt, group) in enumerate(row_prompts(prompt_template, c, manifest, n)):
             row = prompt_row(
                 method.name,
                 "unclip",
                 k,
                 seed=derive_seed(seed, "feedback", k, j),
-                prompt=prompt_for(prompt_template, c),
+                prompt=prompt,
                 steps=steps,
                 cfg=cfg,
                 scheduler=scheduler,
@@ -126,8 +137,14 @@ def plan_feedback(
                 "every": 0,
                 "guide": "",
             }
+            if group is not None:
+                row["group"] = group
             if method.image:
-                cond = images[order[j % len(images)]]
+                if group is not None and cell_images.get(group):
+                    used = cell_used.get(group, 0)
+                    cond, cell_used[group] = cell_images[group][used % len(cell_images[group])], used + 1
+                else:
+                    cond = images[order[j % len(images)]]
                 row.update(cond_image=cond, cond_hash=image_hashes.get(cond, ""), noise_level=int(settings.noise_level))
             if method.dropout:
                 row["dropout"] = float(settings.dropout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tailsynth.data.class_names import prompt_for
+from tailsynth.data.groups import row_prompts
 from tailsynth.errors import TailsynthError
 from tailsynth.seeding import derive_seed
 
@@ -101,17 +101,19 @@ def plan_generated(
         if spec["mode"] == "img2img" and not sources:
             raise TailsynthError(f"class {c['name']!r} has no train image to use as img2img source")
         order = np.random.default_rng(derive_seed(seed, method, k, "sources")).permutation(len(sources))
-        for j in range(per_class):
+        for j, (prompt, group) in enumerate(row_prompts(prompt_template, c, manifest, per_class)):
             row = prompt_row(
                 method,
                 spec["mode"],
                 k,
                 seed=derive_seed(seed, method, k, j),
-                prompt=prompt_for(prompt_template, c),
+                prompt=prompt,
                 steps=steps,
                 cfg=cfg,
                 scheduler=scheduler,
             )
+            if group is not None:
+                row["group"] = group
             if spec["mode"] == "img2img":
                 src = sources[order[j % len(sources)]]
                 row.update(source_image=src, source_label=k, r=float(spec["r"]))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tailsynth.data.class_names import prompt_for
+from tailsynth.data.groups import row_prompts
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.generated import check_noise_ratio, target_classes
 from tailsynth.seeding import derive_seed
@@ -85,7 +85,7 @@ def plan_genie_long_tail(
         candidates = [s for s in confused_classes(confusion, t, top_k) if by_class[s]]
         if not candidates:
             raise TailsynthError(f"no train image among the classes most confused with {c['name']!r}")
-        for j in range(per_class):
+        for j, (prompt, group) in enumerate(row_prompts(prompt_template, c, manifest, per_class)):
             rng = np.random.default_rng(derive_seed(seed, method, t, j, "source"))
             s = candidates[int(rng.integers(len(candidates)))]
             src = by_class[s][int(rng.integers(len(by_class[s])))]
@@ -103,8 +103,9 @@ def plan_genie_long_tail(
                     "cfg": float(cfg),
                     "scheduler": scheduler,
                     "seed": derive_seed(seed, method, t, j),
-                    "prompt": prompt_for(prompt_template, c),
+                    "prompt": prompt,
                 }
+                | ({} if group is None else {"group": group})
             )
     return rows
 
