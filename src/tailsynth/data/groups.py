@@ -13,14 +13,18 @@ from tailsynth.data.class_names import prompt_for, uses_group
 from tailsynth.errors import TailsynthError
 
 
-def class_groups(manifest: pd.DataFrame) -> dict[int, list[str]]:
-    """``{class index: its groups, sorted}`` over every split of ``manifest`` (a prepared manifest with a
-    ``group`` column), so a context with test images but no train image still counts as one of its class's."""
+def _require_groups(manifest: pd.DataFrame) -> None:
     if "group" not in manifest:
         raise TailsynthError(
             "generator.prompt names {group} but the prepared manifest has no group column; use a dataset with "
             "contexts (digits_groups, nico_pp) or drop {group} from the prompt"
         )
+
+
+def class_groups(manifest: pd.DataFrame) -> dict[int, list[str]]:
+    """``{class index: its groups, sorted}`` over every split of ``manifest`` (a prepared manifest with a
+    ``group`` column), so a context with test images but no train image still counts as one of its class's."""
+    _require_groups(manifest)
     out: dict[int, list[str]] = {}
     for label, groups in manifest.groupby("label")["group"]:
         out[int(label)] = sorted(set(groups.astype(str)))
@@ -50,10 +54,11 @@ def fill_groups(train_counts: dict[str, int], n: int) -> list[str]:
 
 def row_groups(manifest: pd.DataFrame, label: int, n: int) -> list[str]:
     """The groups of ``n`` synthetic rows of class ``label``: :func:`fill_groups` over the class's groups
-    (:func:`class_groups`) with their train-split counts."""
-    groups = class_groups(manifest).get(int(label), [])
-    train = manifest[(manifest["split"] == "train") & (manifest["label"] == label)]["group"].astype(str)
-    counts = {g: int((train == g).sum()) for g in groups}
+    (as :func:`class_groups` gives them: every split) with their train-split counts."""
+    _require_groups(manifest)
+    own = manifest[manifest["label"] == label]
+    train = own.loc[own["split"] == "train", "group"].astype(str)
+    counts = {g: int((train == g).sum()) for g in sorted(set(own["group"].astype(str)))}
     return fill_groups(counts, n)
 
 
