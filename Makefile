@@ -17,7 +17,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tailsynth.warm $(BIN)/dvc repro
 	cat metrics/summary.md
 
 lint: $(STAMP)

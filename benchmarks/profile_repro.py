@@ -13,7 +13,9 @@ dvc's own overhead per call (about a second), which a single `dvc repro` pays on
 
 ``--one-repro`` instead runs one `dvc repro`, as `make run` does, and times each stage from the
 moment dvc announces it to the next announcement (so a stage's time includes dvc's lock update
-after it; the last one ends with the run); the peak RSS is then the whole run's.
+after it; the last one ends with the run); the peak RSS is then the whole run's. ``--warm`` runs that
+`dvc repro` under ``python -m tailsynth.warm``, exactly as ``make run`` does (stages forked from a
+preloaded interpreter); the peak RSS then misses the stages, which are not this process's children.
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ def stage_order(clone: Path, env: dict) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", out)
 
 
-def one_repro(clone: Path, env: dict) -> list[tuple[str, float, float]]:
+def one_repro(clone: Path, env: dict, warm: bool = False) -> list[tuple[str, float, float]]:
     """One `dvc repro` in ``clone``: (stage, seconds from its announcement to the next, run's peak RSS MiB)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(BIN / "dvc"), "repro"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    cmd = [str(BIN / "dvc"), "repro"]
+    if warm:
+        cmd = [str(BIN / "python"), "-m", "tailsynth.warm", *cmd]
+    proc = subprocess.Popen(cmd, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     marks, tail = [], []
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
@@ -90,7 +93,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", default="HEAD", help="git revision to profile")
     ap.add_argument("--keep", type=Path, help="clone here and keep it (default: a temporary folder, removed)")
-    ap.add_argument("--one-repro", action="store_true", help="one `dvc repro` (as make run), stages timed from its log")
+    ap.add_argument("--one-repro", action="store_true", help="one `dvc repro`, stages timed from its log")
+    ap.add_argument("--warm", action="store_true", help="with --one-repro: under tailsynth.warm, as make run does")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="tailsynth-profile-"))
     clone = work / "repo" if args.keep is None else work
@@ -101,7 +105,7 @@ def main() -> None:
         rev = run(["git", "rev-parse", "--short", "HEAD"], clone, env).stdout.strip()
         stages = stage_order(clone, env)
         print(f"profiling {len(stages)} stages of {rev} in {clone} ({os.cpu_count()} cores)", flush=True)
-        rows, t0 = ([] if not args.one_repro else one_repro(clone, env)), time.perf_counter()
+        rows, t0 = ([] if not args.one_repro else one_repro(clone, env, args.warm)), time.perf_counter()
         for name in stages if not args.one_repro else []:
             wall, rss, code = timed([str(BIN / "dvc"), "repro", "--single-item", name], clone, env)
             rows.append((name, wall, rss))

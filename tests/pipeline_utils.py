@@ -7,11 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import stage_server
 import yaml
+
+from tailsynth.warm import WarmServer
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("dvc.yaml", "pipelines", "params.yaml", "stages", "src", "ci", "pyproject.toml")
@@ -30,22 +30,24 @@ def pipeline_stages(root: Path = ROOT) -> dict[str, dict]:
     return stages
 
 
-_shim: Path | None = None
+_server: WarmServer | None = None
 
 
 def stage_shim() -> Path:
-    """The folder holding the ``python`` shim of :mod:`stage_server`, started on first use.
+    """The folder holding the ``python`` shim of a :class:`tailsynth.warm.WarmServer` (what ``make run``
+    uses), started on first use: stage scripts then start in a forked, preloaded interpreter.
 
     ``TAILSYNTH_TEST_FRESH_PROCESSES=1`` turns it off: every stage then starts its own interpreter.
     """
-    global _shim
-    if _shim is None:
-        folder = Path(tempfile.mkdtemp(prefix="tailsynth-stage-server-"))
-        server = stage_server.install(folder)
-        atexit.register(server.kill)
-        atexit.register(shutil.rmtree, folder, True)
-        _shim = folder
-    return _shim
+    global _server
+    if _server is None:
+        server = WarmServer()
+        reason = server.start(real=sys.executable)
+        if reason is not None:
+            raise RuntimeError(f"the stage server cannot run here: {reason}")
+        atexit.register(server.stop)
+        _server = server
+    return _server.folder
 
 
 def deep_update(base: dict, override: dict) -> dict:
@@ -67,6 +69,10 @@ def command_env(cmd: list[str], fresh: bool = False) -> tuple[list[str], dict]:
         env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
         cmd = [str(shim / "python") if c == sys.executable else c for c in cmd]
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One torch thread per stage: the tests run two pipelines at a time (the queue's workers, the
+    # background digits_groups run), and two 2-thread OpenMP pools on 2 cores spin against each other
+    # (measured: a small training loop 3.2x slower than alone; at one thread each, no slower).
+    env.setdefault("OMP_NUM_THREADS", "1")
     return cmd, env
 
 

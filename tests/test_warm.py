@@ -1,0 +1,134 @@
+"""Warm stage starts (tailsynth.warm, what `make run` and the end-to-end tests use): a served stage
+behaves as a fresh `python stages/x.py` and writes the same bytes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_utils import make_project, run, smoke_overrides, stage_shim
+
+from tailsynth.warm import LOG_NAME, WarmServer
+
+pytestmark = pytest.mark.slow  # a server preloads torch, diffusers and transformers (~10 s)
+
+PROBE = """\
+import os, sys
+fresh = "tailsynth" not in sys.modules
+import torch
+print(torch.get_num_threads(), os.getcwd(), sys.argv, __name__, __file__, sys.path[0], fresh, os.environ["MARK"])
+"""
+
+
+def scripts(tmp_path, **bodies: str):
+    (tmp_path / "stages").mkdir(exist_ok=True)
+    for name, body in bodies.items():
+        (tmp_path / "stages" / f"{name}.py").write_text(body)
+
+
+def served(tmp_path) -> str:
+    log = stage_shim() / LOG_NAME
+    return log.read_text() if log.exists() else ""
+
+
+def shim_and_fresh(tmp_path, args: list[str], env: dict) -> list[subprocess.CompletedProcess]:
+    return [
+        subprocess.run([python, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        for python in (str(stage_shim() / "python"), sys.executable)
+    ]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_served_stage_sees_what_a_fresh_interpreter_sees(tmp_path, threads):
+    scripts(tmp_path, probe=PROBE)
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": threads, "MARK": threads}
+    served_proc, fresh_proc = shim_and_fresh(tmp_path, ["stages/probe.py", "a", "b"], env)
+    assert served_proc.returncode == fresh_proc.returncode == 0, served_proc.stderr + fresh_proc.stderr
+    assert f"{tmp_path} stages/probe.py a b" in served(tmp_path)  # the first one went through the server
+    stages = tmp_path / "stages"
+    argv = "['stages/probe.py', 'a', 'b']"
+    expected = f"{threads} {tmp_path} {argv} __main__ {stages}/probe.py {stages} True {threads}\n"
+    assert served_proc.stdout == fresh_proc.stdout == expected
+
+
+def test_exit_statuses_and_errors_are_the_fresh_interpreters(tmp_path):
+    scripts(
+        tmp_path,
+        three="import sys; sys.exit(3)\n",
+        message="import sys; sys.exit('bad param: x')\n",
+        error="raise ValueError('no such class folder')\n",
+    )
+    for name, code, text in [("three", 3, ""), ("message", 1, "bad param: x"), ("error", 1, "ValueError: no such")]:
+        served_proc, fresh_proc = shim_and_fresh(tmp_path, [f"stages/{name}.py"], {"PATH": "/usr/bin:/bin"})
+        assert served_proc.returncode == fresh_proc.returncode == code, name
+        assert text in served_proc.stderr and text in fresh_proc.stderr, name
+        assert "warm.py" not in served_proc.stderr  # the traceback starts at the stage's own frame
+        assert f"stages/{name}.py" in served(tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_shim_reaches_the_stage_and_its_status_comes_back(tmp_path, sig):
+    scripts(tmp_path, sleeper="import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen(
+        [str(stage_shim() / "python"), "stages/sleeper.py"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    worker = int(proc.stdout.readline())
+    assert worker != proc.pid  # the stage runs in a forked worker, not in the shim
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == -sig  # as a fresh interpreter: killed by SIGTERM, Ctrl-C re-raised
+    for _ in range(100):  # the worker is gone (reaped by its monitor)
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"stage process {worker} still alive after {sig!r}")
+
+
+def test_other_commands_and_a_stopped_server_go_to_the_real_interpreter(tmp_path):
+    scripts(tmp_path, probe=PROBE)
+    env = {"PATH": "/usr/bin:/bin", "MARK": "m"}
+    where = "import sys; print(sys.executable)"
+    proc = subprocess.run([str(stage_shim() / "python"), "-c", where], env=env, capture_output=True, text=True)
+    assert proc.stdout.strip() == sys.executable
+    server = WarmServer(tmp_path / "warm")
+    assert server.start(real=sys.executable) is None
+    server.stop()
+    proc = subprocess.run(
+        [str(tmp_path / "warm" / "python"), "stages/probe.py"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.endswith(" True m\n"), proc.stderr
+    assert not (tmp_path / "warm" / LOG_NAME).exists()  # nothing was served
+
+
+def test_run_passes_the_commands_exit_status_and_stops_the_server(tmp_path):
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tailsynth.warm", "sh", "-c", 'echo "$PATH"; exit 4'],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 4, proc.stderr
+    shim_folder = proc.stdout.split(os.pathsep)[0]
+    assert os.path.basename(shim_folder).startswith("tailsynth-warm-")
+    assert not os.path.exists(shim_folder)  # stopped and removed
+
+
+def test_served_stages_write_the_same_bytes_as_fresh_interpreters(tmp_path):
+    """prepare, classifier and generator (smoke profile) under fresh interpreters and under the server:
+    every output's hash in dvc.lock is the same."""
+    locks = []
+    for fresh in (True, False):
+        (tmp_path / str(fresh)).mkdir()
+        root = make_project(tmp_path / str(fresh), smoke_overrides())
+        run([str(Path(sys.executable).parent / "dvc"), "repro", "classifier", "generator"], root, fresh=fresh)
+        stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        locks.append({name: [(o["path"], o["md5"]) for o in stages[name]["outs"]] for name in stages})
+    assert set(locks[0]) == {"prepare", "classifier", "generator"}
+    assert locks[0] == locks[1]
