@@ -132,3 +132,51 @@ def test_served_stages_write_the_same_bytes_as_fresh_interpreters(tmp_path):
         locks.append({name: [(o["path"], o["md5"]) for o in stages[name]["outs"]] for name in stages})
     assert set(locks[0]) == {"prepare", "classifier", "generator"}
     assert locks[0] == locks[1]
+
+
+SLEEPER_STAGE = """\
+import os, time
+open("pid", "w").write(str(os.getpid()))
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    with open("interrupted", "a") as f:
+        f.write("once\\n")
+    raise
+"""
+
+
+def test_ctrl_c_on_a_warm_dvc_repro_interrupts_the_stage_once_and_leaves_nothing_running(tmp_path):
+    """What a terminal's Ctrl-C does to `make run`: SIGINT to the whole foreground process group."""
+    scripts(tmp_path, sleeper=SLEEPER_STAGE)
+    stage = "  s:\n    cmd: python stages/sleeper.py\n    deps: [stages/sleeper.py]\n"
+    (tmp_path / "dvc.yaml").write_text(f"stages:\n{stage}")
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([os.path.join(bin_dir, "dvc"), "init", "-q"], cwd=tmp_path, env=env, check=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tailsynth.warm", os.path.join(bin_dir, "dvc"), "repro"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, like a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if this runner ignores it
+    )
+    for _ in range(600):
+        if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"the stage never started:\n{proc.communicate()[0]}")
+    worker = int((tmp_path / "pid").read_text())
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0
+    assert "failed to run: python stages/sleeper.py, exited with -2" in output  # as a fresh interpreter
+    assert (tmp_path / "interrupted").read_text() == "once\n"  # one KeyboardInterrupt, not two
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
