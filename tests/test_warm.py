@@ -20,12 +20,17 @@ PROBE = """\
 import os, sys
 fresh = "tailsynth" not in sys.modules
 import torch
-print(torch.get_num_threads(), os.getcwd(), sys.argv, __name__, __file__, sys.path[0], fresh, os.environ["MARK"])
+from threadpoolctl import threadpool_info
+blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+mask = os.umask(0)
+os.umask(mask)
+print(torch.get_num_threads(), blas, oct(mask), os.getcwd(), sys.argv, __name__, __file__, sys.path[0], fresh,
+      os.environ["MARK"])
 """
 
 
 def scripts(tmp_path, **bodies: str):
-    (tmp_path / "stages").mkdir(exist_ok=True)
+    (tmp_path / "stages").mkdir(parents=True, exist_ok=True)
     for name, body in bodies.items():
         (tmp_path / "stages" / f"{name}.py").write_text(body)
 
@@ -44,6 +49,7 @@ def shim_and_fresh(tmp_path, args: list[str], env: dict) -> list[subprocess.Comp
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_a_served_stage_sees_what_a_fresh_interpreter_sees(tmp_path, threads):
+    os.umask(0o22)  # both inherit this process's umask; the served stage gets it through the shim
     scripts(tmp_path, probe=PROBE)
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": threads, "MARK": threads}
     served_proc, fresh_proc = shim_and_fresh(tmp_path, ["stages/probe.py", "a", "b"], env)
@@ -51,7 +57,8 @@ def test_a_served_stage_sees_what_a_fresh_interpreter_sees(tmp_path, threads):
     assert f"{tmp_path} stages/probe.py a b" in served(tmp_path)  # the first one went through the server
     stages = tmp_path / "stages"
     argv = "['stages/probe.py', 'a', 'b']"
-    expected = f"{threads} {tmp_path} {argv} __main__ {stages}/probe.py {stages} True {threads}\n"
+    # torch's OpenMP pool and the BLAS pools (numpy, scipy) both follow OMP_NUM_THREADS
+    expected = f"{threads} [{threads}] 0o22 {tmp_path} {argv} __main__ {stages}/probe.py {stages} True {threads}\n"
     assert served_proc.stdout == fresh_proc.stdout == expected
 
 
@@ -61,12 +68,23 @@ def test_exit_statuses_and_errors_are_the_fresh_interpreters(tmp_path):
         three="import sys; sys.exit(3)\n",
         message="import sys; sys.exit('bad param: x')\n",
         error="raise ValueError('no such class folder')\n",
+        negative="import sys; sys.exit(-1)\n",
+        killed="import os, signal; print('before', flush=True); os.kill(os.getpid(), signal.SIGKILL)\n",
     )
-    for name, code, text in [("three", 3, ""), ("message", 1, "bad param: x"), ("error", 1, "ValueError: no such")]:
+    cases = [
+        ("three", 3, ""),
+        ("message", 1, "bad param: x"),
+        ("error", 1, "ValueError: no such"),
+        ("negative", 255, ""),  # an exit status, not a signal
+        ("killed", -signal.SIGKILL, ""),
+        ("missing", 2, "can't open file"),
+    ]
+    for name, code, text in cases:
         served_proc, fresh_proc = shim_and_fresh(tmp_path, [f"stages/{name}.py"], {"PATH": "/usr/bin:/bin"})
         assert served_proc.returncode == fresh_proc.returncode == code, name
         assert text in served_proc.stderr and text in fresh_proc.stderr, name
         assert "warm.py" not in served_proc.stderr  # the traceback starts at the stage's own frame
+        assert served_proc.stdout == fresh_proc.stdout, name
         assert f"stages/{name}.py" in served(tmp_path)
 
 
@@ -74,7 +92,11 @@ def test_exit_statuses_and_errors_are_the_fresh_interpreters(tmp_path):
 def test_a_signal_to_the_shim_reaches_the_stage_and_its_status_comes_back(tmp_path, sig):
     scripts(tmp_path, sleeper="import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen(
-        [str(stage_shim() / "python"), "stages/sleeper.py"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        [str(stage_shim() / "python"), "stages/sleeper.py"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if this runner ignores it
     )
     worker = int(proc.stdout.readline())
     assert worker != proc.pid  # the stage runs in a forked worker, not in the shim
@@ -132,6 +154,57 @@ def test_served_stages_write_the_same_bytes_as_fresh_interpreters(tmp_path):
         locks.append({name: [(o["path"], o["md5"]) for o in stages[name]["outs"]] for name in stages})
     assert set(locks[0]) == {"prepare", "classifier", "generator"}
     assert locks[0] == locks[1]
+    log = served(tmp_path)
+    for script in ("prepare", "classifier", "generator"):  # served, not fallen back to the real interpreter
+        assert f"{tmp_path / 'False'} stages/{script}.py" in log
+        assert f"{tmp_path / 'True'} stages/{script}.py" not in log
+
+
+SHUTDOWN = """\
+import threading, time
+from concurrent.futures import ThreadPoolExecutor
+left_open = open("left_open.txt", "w")  # never closed: interpreter shutdown flushes it
+left_open.write("flushed at exit")
+def late(name):
+    time.sleep(0.5)
+    with open(name, "w") as f:
+        f.write("done")
+threading.Thread(target=late, args=("thread.txt",)).start()  # not a daemon: the interpreter waits for it
+ThreadPoolExecutor(1).submit(late, "pool.txt")
+print("unbuffered", end="")  # with PYTHONUNBUFFERED, written at once
+"""
+
+
+def test_interpreter_shutdown_and_buffering_are_the_fresh_interpreters(tmp_path):
+    for kind in ("served", "fresh"):
+        work = tmp_path / kind
+        scripts(work, shutdown=SHUTDOWN)
+        python = str(stage_shim() / "python") if kind == "served" else sys.executable
+        env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run([python, "stages/shutdown.py"], cwd=work, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "unbuffered"
+        for name, text in [("left_open.txt", "flushed at exit"), ("thread.txt", "done"), ("pool.txt", "done")]:
+            assert (work / name).read_text() == text, (kind, name)
+
+
+def test_a_killed_shim_takes_its_stage_with_it(tmp_path):
+    """As a fresh interpreter would die with it: `timeout -s KILL`, a CI runner's hard kill."""
+    scripts(tmp_path, sleeper="import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen(
+        [str(stage_shim() / "python"), "stages/sleeper.py"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    worker = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"stage process {worker} outlived its killed shim")
 
 
 SLEEPER_STAGE = """\

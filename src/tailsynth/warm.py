@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import types
 from pathlib import Path
 
 # Third-party modules every stage, or the heaviest ones, import. Never tailsynth: a served stage
@@ -106,71 +107,123 @@ def preload() -> str | None:
 
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
     head, fds, _, _ = socket.recv_fds(conn, 4, 3)
-    if len(head) != 4 or len(fds) != 3:
+    try:
+        if len(head) != 4 or len(fds) != 3:
+            raise ConnectionError("incomplete request")
+        (size,) = struct.unpack("!I", head)
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise ConnectionError("client went away")
+            body += chunk
+        return json.loads(body), list(fds)
+    except BaseException:
         for fd in fds:
             os.close(fd)
-        raise ConnectionError("incomplete request")
-    (size,) = struct.unpack("!I", head)
-    body = b""
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
-            raise ConnectionError("client went away")
-        body += chunk
-    return json.loads(body), list(fds)
+        raise
 
 
-def _run_as_main(path: str) -> None:
-    """Run the script at ``path`` as ``__main__``, as the interpreter does (runpy would rewrite argv[0])."""
+def _main_module(path: str) -> tuple[types.ModuleType, types.CodeType]:
+    """A fresh ``__main__`` for the script at ``path`` (installed in sys.modules) and its compiled code,
+    as the interpreter makes them (runpy would rewrite argv[0])."""
     import builtins
     import importlib.machinery
     import io
-    import types
 
     with io.open_code(path) as f:
         source = f.read()
     module = types.ModuleType("__main__")
     module.__file__ = path
+    module.__cached__ = None
     module.__builtins__ = builtins
     module.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
     sys.modules["__main__"] = module
-    exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+    return module, compile(source, path, "exec", dont_inherit=True)
 
 
-def _print_stage_traceback(exc: BaseException) -> None:
-    """The traceback a fresh interpreter prints: from the script's frame on, without this module's."""
+def _report_uncaught(exc: BaseException) -> None:
+    """``sys.excepthook`` with the traceback a fresh interpreter has: from the script's frame on."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb)
+    exc = exc.with_traceback(tb)  # the default hook prints the exception's own traceback, not its argument
+    try:
+        sys.excepthook(type(exc), exc, tb)
+    except BaseException:
+        traceback.print_exception(type(exc), exc, tb)
 
 
-def _exec_stage(request: dict, fds: list[int]) -> int:
-    """In the forked worker: become ``python <argv...>`` and run it; return its exit status."""
+def _standard_streams(unbuffered: bool) -> None:
+    """stdout/stderr rebuilt on fds 1 and 2 as a fresh interpreter builds them for this environment."""
+    import io
+
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = io.TextIOWrapper(
+            raw if unbuffered else io.BufferedWriter(raw),
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=fd == 2 or os.isatty(fd),
+            write_through=unbuffered,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _apply_thread_counts(env: dict) -> None:
+    """Thread pools sized as a fresh interpreter sizes them from this environment: OpenMP (torch) from
+    ``OMP_NUM_THREADS``, BLAS (numpy, scipy) from ``OPENBLAS_NUM_THREADS`` or else ``OMP_NUM_THREADS``.
+    The libraries read these when the server imported them."""
+    omp = env.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0 and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(omp))
+    blas = env.get("OPENBLAS_NUM_THREADS", "") or omp
+    if blas.isdigit() and int(blas) > 0:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=int(blas), user_api="blas")
+
+
+def _exec_stage(request: dict, fds: list[int]) -> tuple[int, bool]:
+    """In the forked worker: become ``python <argv...>`` and run it to the end of interpreter shutdown.
+
+    Returns (exit status, whether it ended by an uncaught Ctrl-C, which a fresh interpreter turns into
+    death by SIGINT).
+    """
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
     for sig in FORWARDED_SIGNALS + (signal.SIGCHLD,):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as in a fresh interpreter
+    for sig in request["ignored"]:  # what the caller ignores, a fresh interpreter would inherit ignored
+        signal.signal(sig, signal.SIG_IGN)
     os.chdir(request["cwd"])
+    os.umask(request["umask"])
     os.environ.clear()
     os.environ.update(request["env"])
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-    sys.stdout.reconfigure(line_buffering=os.isatty(1), write_through=unbuffered)
-    sys.stderr.reconfigure(line_buffering=True, write_through=unbuffered)
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
-        # OpenMP read the environment when the server imported torch; a fresh interpreter reads it now.
-        sys.modules["torch"].set_num_threads(int(threads))
+    _standard_streams(bool(os.environ.get("PYTHONUNBUFFERED")))
+    _apply_thread_counts(os.environ)
     for name in [m for m in sys.modules if m == "tailsynth" or m.startswith("tailsynth.")]:
         del sys.modules[name]
     script, *args = request["argv"]
+    path = os.path.abspath(script)
+    if not os.path.isfile(path):
+        print(f"{sys.executable}: can't open file {path!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        return 2, False
     sys.argv = [script, *args]  # as given, like `python stages/x.py`; __file__ absolute, like it
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # the server dropped its own first entry
-    code = 0
+    sys.path.insert(0, os.path.dirname(path))  # the server dropped its own first entry
+    code, interrupted, module = 0, False, None
     try:
-        _run_as_main(os.path.abspath(script))
+        module, compiled = _main_module(path)
+        # Blocked by the monitor until now, so that a Ctrl-C forwarded early lands here, in the stage,
+        # not in the set-up above (where e.g. a ctypes callback in threadpoolctl would swallow it).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        exec(compiled, module.__dict__)
     except SystemExit as exc:
         if exc.code is None:
             code = 0
@@ -180,47 +233,94 @@ def _exec_stage(request: dict, fds: list[int]) -> int:
             print(exc.code, file=sys.stderr)
             code = 1
     except KeyboardInterrupt as exc:
-        _print_stage_traceback(exc)
-        code = -signal.SIGINT
+        _report_uncaught(exc)
+        code, interrupted = 1, True
     except BaseException as exc:
-        _print_stage_traceback(exc)
+        _report_uncaught(exc)
         code = 1
-    try:
-        import atexit
+    # Interpreter shutdown, in its order: wait for non-daemon threads, atexit, then tear __main__ down
+    # (which closes files it left open, flushing them), then flush stdio.
+    import atexit
+    import gc
+    import threading
 
-        atexit._run_exitfuncs()
-    except BaseException:
-        traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
+    for step in (threading._shutdown, atexit._run_exitfuncs):
+        try:
+            step()
+        except BaseException:
+            traceback.print_exc()
+    if module is not None:
+        module.__dict__.clear()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    return code, interrupted
+
+
+def _die_of(sig: int) -> None:
+    """End this process by ``sig`` (uncatchable ones as they are)."""
+    try:
+        signal.signal(sig, signal.SIG_DFL)
+    except (OSError, ValueError):  # SIGKILL, SIGSTOP: no handler to reset
+        pass
+    os.kill(os.getpid(), sig)
 
 
 def _monitor(conn: socket.socket, request: dict, fds: list[int]) -> None:
-    """In a forked monitor: fork the worker, send its pid, wait, send its exit status, exit."""
+    """In a forked monitor: fork the worker, send its pid, wait, send its exit status, exit.
+
+    If the shim goes away first (killed, even by SIGKILL), the worker is killed: in a fresh interpreter
+    the shim's process would have been the stage itself.
+    """
+    import select
+
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Forwarded signals wait, pending, until the worker runs the stage (it unblocks them). Not ignored
+    # meanwhile: an ignored signal is discarded even while blocked, and the server may have inherited
+    # SIGINT ignored (started from a background job).
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     pid = os.fork()
     if pid == 0:
         conn.close()
-        code = 1
+        code, interrupted = 1, False
         try:
-            code = _exec_stage(request, fds)
+            code, interrupted = _exec_stage(request, fds)
         finally:
-            if code < 0:  # died of a signal, as a fresh interpreter does on an uncaught Ctrl-C
-                signal.signal(-code, signal.SIG_DFL)
-                os.kill(os.getpid(), -code)
+            if interrupted:
+                _die_of(signal.SIGINT)
             os._exit(code & 0xFF)
     for fd in fds:
         os.close(fd)
     try:
         conn.sendall(struct.pack("!i", pid))
     except OSError:
-        os.kill(pid, signal.SIGTERM)  # the shim is gone: so is whoever waited for this stage
+        os.kill(pid, signal.SIGKILL)  # the shim is gone: so is whoever waited for this stage
+    try:
+        pidfd = os.pidfd_open(pid)  # Linux 5.3+: wait for the worker and watch the shim at once
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
+        while True:
+            ready = dict(poller.poll())
+            if pidfd in ready:
+                break
+            if conn.fileno() in ready:  # the shim sends nothing after its request: it hung up
+                os.kill(pid, signal.SIGKILL)
+                poller.unregister(conn.fileno())
     _, status = os.waitpid(pid, 0)
     try:
         conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
-    finally:
-        os._exit(0)
+    except OSError:
+        pass
+    os._exit(0)
 
 
 def _die_with_parent() -> None:
@@ -256,7 +356,11 @@ def serve(folder: Path) -> None:
             continue
         with open(log, "a") as f:  # one line per stage served: cwd and argv
             f.write(f"{request['cwd']} {' '.join(request['argv'])}\n")
-        if os.fork() == 0:
+        try:
+            child = os.fork()
+        except OSError:  # no process to spare: the shim runs the stage with the real interpreter
+            child = -1
+        if child == 0:
             server.close()
             _monitor(conn, request, fds)
         for fd in fds:
@@ -268,11 +372,27 @@ def serve(folder: Path) -> None:
 CLIENT = """\
 import json, os, signal, socket, struct, sys
 real, path, args, signals = {real!r}, {path!r}, sys.argv[1:], {signals!r}
-# Held until the stage's pid is known, then forwarded to it: a Ctrl-C at any moment reaches the stage.
-signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+# Signals this process ignores stay ignored (the stage inherits that, as a fresh interpreter would);
+# the others are caught from the first line on: held until the stage's pid is known, then forwarded.
+# (Blocking them instead would lose them: an ignored signal is discarded even while blocked.)
+ignored = [sig for sig in signals if signal.getsignal(sig) == signal.SIG_IGN]
+pending, pid = [], None
+def forward(sig, frame):
+    if pid is None:
+        pending.append(sig)
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+for sig in signals:
+    if sig not in ignored:
+        signal.signal(sig, forward)
 def run_real():
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-    os.execv(real, [real, *args])
+    if pending:  # a signal came before anything ran: it ends this process, as it would have
+        signal.signal(pending[0], signal.SIG_DFL)
+        os.kill(os.getpid(), pending[0])
+    os.execv(real, [real, *args])  # caught signals return to their defaults across exec
 if not (args and args[0].startswith("stages/") and args[0].endswith(".py") and os.path.exists(path)):
     run_real()
 try:
@@ -288,27 +408,30 @@ def read_int():
             return None
         data += chunk
     return struct.unpack("!i", data)[0]
-body = json.dumps({{"cwd": os.getcwd(), "argv": args, "env": dict(os.environ)}}).encode()
-socket.send_fds(s, [struct.pack("!I", len(body))], [0, 1, 2])
-s.sendall(body)
-pid = read_int()
-if pid is None:
-    sys.exit(1)  # the server went away before starting the stage
-forwarded = []
-def forward(sig, frame):
-    forwarded.append(sig)
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-for sig in signals:
-    signal.signal(sig, forward)
-signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+umask = os.umask(0)
+os.umask(umask)
+request = {{"cwd": os.getcwd(), "argv": args, "env": dict(os.environ), "umask": umask, "ignored": ignored}}
+body = json.dumps(request).encode()
+try:
+    socket.send_fds(s, [struct.pack("!I", len(body))], [0, 1, 2])
+    s.sendall(body)
+    started = read_int()
+except OSError:
+    started = None
+if started is None:  # the server went away before starting the stage: nothing ran, run it here
+    s.close()
+    run_real()
+pid = started
+for sig in pending:
+    forward(sig, None)
 code = read_int()
 if code is None:
-    code = -forwarded[-1] if forwarded else 1  # the monitor was killed
+    code = 1  # the monitor was killed
 if code < 0:  # the stage died of a signal: so does this process, for whoever waits on it
-    signal.signal(-code, signal.SIG_DFL)
+    try:
+        signal.signal(-code, signal.SIG_DFL)
+    except (OSError, ValueError):  # SIGKILL: nothing to reset
+        pass
     os.kill(os.getpid(), -code)
 sys.exit(code)
 """
@@ -388,13 +511,13 @@ class WarmServer:
 def run(cmd: list[str]) -> int:
     """Run ``cmd`` (e.g. ``["dvc", "repro"]``) with warm stage starts where they are safe; its exit status."""
     server = WarmServer()
-    reason = server.start()
-    env = None
-    if reason is None:
-        env = server.env()
-    else:
-        print(f"tailsynth.warm: stages start as fresh interpreters: {reason}", file=sys.stderr)
     try:
+        reason = server.start()  # inside the try: a Ctrl-C during the preload still removes the folder
+        env = None
+        if reason is None:
+            env = server.env()
+        else:
+            print(f"tailsynth.warm: stages start as fresh interpreters: {reason}", file=sys.stderr)
         proc = subprocess.Popen(cmd, env=env)
         # The command handles Ctrl-C itself (it is in the terminal's process group): wait for it. A
         # kill of this process goes on to the command, so that the server is stopped after it.
