@@ -40,6 +40,17 @@ def served(tmp_path) -> str:
     return log.read_text() if log.exists() else ""
 
 
+def gone(pid: int, seconds: float = 10) -> bool:
+    """Whether process ``pid`` no longer exists, waiting up to ``seconds``."""
+    for _ in range(int(seconds * 10)):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def shim_and_fresh(tmp_path, args: list[str], env: dict) -> list[subprocess.CompletedProcess]:
     return [
         subprocess.run([python, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -102,14 +113,7 @@ def test_a_signal_to_the_shim_reaches_the_stage_and_its_status_comes_back(tmp_pa
     assert worker != proc.pid  # the stage runs in a forked worker, not in the shim
     proc.send_signal(sig)
     assert proc.wait(timeout=20) == -sig  # as a fresh interpreter: killed by SIGTERM, Ctrl-C re-raised
-    for _ in range(100):  # the worker is gone (reaped by its monitor)
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"stage process {worker} still alive after {sig!r}")
+    assert gone(worker), f"stage process {worker} still alive after {sig!r}"  # reaped by its monitor
 
 
 def test_other_commands_and_a_stopped_server_go_to_the_real_interpreter(tmp_path):
@@ -197,14 +201,7 @@ def test_a_killed_shim_takes_its_stage_with_it(tmp_path):
     worker = int(proc.stdout.readline())
     proc.kill()
     proc.wait()
-    for _ in range(100):
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"stage process {worker} outlived its killed shim")
+    assert gone(worker), f"stage process {worker} outlived its killed shim"
 
 
 SLEEPER_STAGE = """\
