@@ -1,27 +1,22 @@
 """Warm stage starts: run the pipeline's ``python stages/<name>.py`` commands in processes forked
 from an interpreter that has already imported torch, diffusers and the other heavy libraries.
 
-Every DVC stage is its own ``python stages/<name>.py`` process, and importing torch alone costs
-about 2.5 s of it on 2 CPU cores (13 s with diffusers and transformers); the embedded pipeline runs
-70 stages. ``python -m tailsynth.warm dvc repro`` (what ``make run`` does) starts a server that
-imports those libraries once, puts a ``python`` shim first on ``PATH`` and runs the command. The
-shim hands a stage command (``python stages/<file>.py ...``, exactly as ``dvc.yaml`` writes it) to
-the server; anything else, or everything once the server is gone, it execs the real interpreter
-for. The stage commands, ``dvc.yaml`` and ``dvc.lock`` are the same with or without it.
+``python -m tailsynth.warm dvc repro`` (what ``make run`` does) starts a server that imports those
+libraries once, puts a ``python`` shim first on ``PATH`` and runs the command. The shim hands a stage
+command (``python stages/<file>.py ...``, exactly as ``dvc.yaml`` writes it) to the server, which
+forks a monitor, which forks the worker that runs the stage; anything else, or everything once the
+server is gone, the shim execs the real interpreter for. The stage commands, ``dvc.yaml`` and
+``dvc.lock`` are the same with or without it.
 
-What a served stage gets, as a fresh ``python stages/x.py`` would: the caller's cwd, argv,
-environment and stdin/stdout/stderr (passed as file descriptors), ``__name__ == "__main__"``, the
-script's folder as ``sys.path[0]``, the torch thread count that ``OMP_NUM_THREADS`` asks for, a
-fresh import of ``tailsynth`` (only third-party modules are preloaded), and its exit status,
-including death by a signal. Ctrl-C and ``kill`` reach it: the shim forwards SIGINT, SIGTERM,
-SIGHUP and SIGQUIT. What it does not get: its own ``PYTHONHASHSEED`` (the server's is shared;
-nothing in the pipeline depends on it) and ``PYTHONPATH``/``PYTHONSTARTUP`` read at start-up (the
-server's, which is started from the same environment).
-
-It runs only where forking is safe: on Linux, when nothing after the preload holds a thread or an
-initialised CUDA context (CUDA does not survive a fork; importing torch does not initialise it), and
-when ``python`` on ``PATH`` is this interpreter. Otherwise the command runs as it is, with a
-one-line note.
+A served stage behaves as a fresh ``python stages/x.py``: cwd, argv, environment, stdio (passed as
+file descriptors), umask, ``__main__``, ``sys.path[0]``, thread pools sized from ``OMP_NUM_THREADS``,
+buffering, interpreter shutdown, a fresh import of ``tailsynth`` (only third-party modules are
+preloaded), its exit status (death by a signal included), forwarded SIGINT/SIGTERM/SIGHUP/SIGQUIT,
+and death with its shim (``tests/test_warm.py`` checks each against a fresh interpreter). Not its
+own: ``PYTHONHASHSEED``, ``PYTHONPATH``/``PYTHONSTARTUP`` and environment that libraries read at
+import (the server's), and its session. It runs only on Linux, when ``python`` on ``PATH`` is this
+environment's and when the preload left no thread and no CUDA context; otherwise the command runs as
+it is, with a one-line note.
 """
 
 from __future__ import annotations
@@ -197,8 +192,7 @@ def _exec_stage(request: dict, fds: list[int]) -> tuple[int, bool]:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    for sig in FORWARDED_SIGNALS + (signal.SIGCHLD,):
-        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the others the monitor reset before the fork
     signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as in a fresh interpreter
     for sig in request["ignored"]:  # what the caller ignores, a fresh interpreter would inherit ignored
         signal.signal(sig, signal.SIG_IGN)
@@ -260,15 +254,6 @@ def _exec_stage(request: dict, fds: list[int]) -> tuple[int, bool]:
     return code, interrupted
 
 
-def _die_of(sig: int) -> None:
-    """End this process by ``sig`` (uncatchable ones as they are)."""
-    try:
-        signal.signal(sig, signal.SIG_DFL)
-    except (OSError, ValueError):  # SIGKILL, SIGSTOP: no handler to reset
-        pass
-    os.kill(os.getpid(), sig)
-
-
 def _monitor(conn: socket.socket, request: dict, fds: list[int]) -> None:
     """In a forked monitor: fork the worker, send its pid, wait, send its exit status, exit.
 
@@ -291,8 +276,9 @@ def _monitor(conn: socket.socket, request: dict, fds: list[int]) -> None:
         try:
             code, interrupted = _exec_stage(request, fds)
         finally:
-            if interrupted:
-                _die_of(signal.SIGINT)
+            if interrupted:  # as a fresh interpreter ends on an uncaught Ctrl-C: killed by SIGINT
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
             os._exit(code & 0xFF)
     for fd in fds:
         os.close(fd)
