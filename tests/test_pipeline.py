@@ -24,6 +24,7 @@ BASELINES = registry.names(registry.LONG_TAIL, registry.GENERATED)
 GENIE = registry.names(registry.LONG_TAIL, registry.GENIE)
 GENERATED = BASELINES + GENIE  # the generated methods of both modes
 FEEDBACK = registry.names(registry.LONG_TAIL, registry.FEEDBACK)  # long-tail only
+FUSION = registry.names(registry.LONG_TAIL, registry.FUSION)  # long-tail only
 
 
 def ran_stages(output: str) -> set[str]:
@@ -62,6 +63,7 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
     expected |= {"generator_unclip", "generator_unclip_eval", "feedback_sweep"}
     expected |= {f"synth_feedback@{m}" for m in FEEDBACK}
     expected |= {f"synth@{m}" for m in BASELINES} | {f"synth_genie@{m}" for m in GENIE}
+    expected |= {"encode_latents", "train_il_se", "cams", "fuse"} | {f"synth_fusion@{m}" for m in FUSION}
     expected |= {f"{s}@{m}" for s in ("retrain", "evaluate") for m in METHODS}
     expected |= {f"fewshot_eval@{m}" for m in registry.names(registry.FEWSHOT)}
     expected |= {"fewshot_episodes", "fewshot_backbone", "fewshot_sweep"} | {f"fewshot_synth@{m}" for m in GENERATED}
@@ -76,7 +78,7 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
         assert [r.name for r in runs] == ["seed0", "seed1"]
         config = json.loads((runs[0] / "config.json").read_text())
         assert config["n_real"] == 372  # the long-tailed train split
-        counts = {**dict.fromkeys(BASELINES, 12), **dict.fromkeys(GENIE, 8), **dict.fromkeys(FEEDBACK, 8)}
+        counts = {**dict.fromkeys(BASELINES, 12), **dict.fromkeys(GENIE + FEEDBACK + FUSION, 8)}
         assert config["n_synthetic"] == counts.get(m, 0)
     for name in (
         "summary.json",
@@ -91,7 +93,7 @@ def test_every_stage_ran_and_declared_outputs_exist(project):
     ):
         assert (project / "metrics" / name).is_file(), name
     grids = sorted(p.stem for p in (project / "metrics/plots/samples").glob("*.png"))
-    assert grids == sorted(GENERATED + FEEDBACK)
+    assert grids == sorted(GENERATED + FEEDBACK + FUSION)
 
 
 def test_synthetic_sets_follow_the_contract(project):
@@ -157,6 +159,38 @@ def test_feedback_sets_record_their_conditioning_image_criterion_and_final_value
         assert split["gap"] == pytest.approx(split["d_other"] - split["d_cond"])
 
 
+def test_fusion_pairs_each_tail_sample_with_one_of_its_nearest_head_samples(project):
+    # The fused rows as the stages wrote them: every tail sample is its class's own image, its partner one of
+    # its fusion.knn.k nearest head samples by CAM map (recomputed here from data/fusion/cams.safetensors),
+    # both sets share the pairs, and only fusion_5step ran refinement steps.
+    from safetensors.torch import load_file
+
+    params = yaml.safe_load((project / "params.yaml").read_text())["fusion"]
+    index = pd.read_csv(project / "data/latents/index.csv", keep_default_na=False)
+    maps = load_file(str(project / "data/fusion/cams.safetensors"))["maps"].flatten(1)
+    assert len(maps) == len(index) == 372 and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    classes = json.loads((project / "data/prepared/digits/classes.json").read_text())
+    few = {c["index"] for c in classes if c["bucket"] == "few"}
+    head = [i for i, y in enumerate(index["label"]) if y not in few]
+    sets = {m: pd.read_csv(project / "data/synthetic" / m / "manifest.csv", keep_default_na=False) for m in FUSION}
+    rows = sets["fusion_0step"]
+    assert set(rows["label"]) == few and (rows["label"] == rows["source_label"]).all()
+    assert not rows["head_label"].isin(few).any()
+    for row in rows.itertuples():
+        assert index["image"][row.tail_index] == row.source_image and index["image"][row.head_index] == row.head_image
+        dist = torch.cdist(maps[[row.tail_index]], maps[head])[0]
+        nearest = {head[i] for i in dist.argsort()[: params["knn"]["k"]].tolist()}
+        assert row.head_index in nearest
+    for col in ("source_image", "head_image", "seed", "tau_h", "tau_l", "p_head", "latent_hash"):
+        assert (sets["fusion_5step"][col] == rows[col]).all(), col
+    assert (rows["steps"] == 0).all() and (sets["fusion_5step"]["steps"] == params["refine"]["steps"]).all()
+    assert not set(rows["key"]) & set(sets["fusion_5step"]["key"])
+    il = json.loads((project / "metrics/fusion/il.json").read_text())
+    curve = pd.read_csv(project / "metrics/plots/il_generations.csv")
+    assert curve["generation"].tolist() == list(range(params["il"]["generations"]))
+    assert il["sparsity_uniform"] == pytest.approx(1 / params["se"]["group"]) and il["acc"] == curve["acc"].iloc[-1]
+
+
 def test_feedback_sweep_reuses_the_ladder_and_varies_only_omega(project):
     sweep = json.loads((project / "metrics/feedback_sweep.json").read_text())
     assert sweep["criterion"] == "loss"
@@ -193,8 +227,8 @@ def test_metrics_are_in_range(project):
         for key in ("acc_overall", "acc_many", "acc_medium", "acc_few"):
             assert 0 <= row[key] <= 1
         assert "fid" not in row  # no Inception weights in this environment
-        if m in GENERATED + FEEDBACK:
-            assert row["n_synthetic"] == (8 if m in GENIE + FEEDBACK else 12)
+        if m in GENERATED + FEEDBACK + FUSION:
+            assert row["n_synthetic"] == (8 if m in GENIE + FEEDBACK + FUSION else 12)
             assert 0 <= row["oracle_acc"] <= 1 and row["fd_oracle"] >= 0
             assert row["criterion_loss"] >= 0 and row["criterion_entropy"] >= 0 and row["criterion_hardness"] >= 0
             assert row["density"] >= 0 and 0 <= row["coverage"] <= 1  # 50 test images a class > eval.density_k
@@ -401,6 +435,46 @@ def test_the_weak_augmentation_params_reach_the_generated_methods(project):
     assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & ran
     assert "fewshot_eval@weak" in ran and not any(s.startswith(("synth", "fewshot_synth")) for s in ran)
     assert "feedback_sweep" in ran  # it retrains the guided plan at each step size
+
+
+def test_fusion_params_reach_only_their_stages(project):
+    # Which stages a fusion param makes stale (dvc status lists the stages whose own deps or params changed;
+    # their consumers follow from the outputs): refinement steps only fusion_5step, K only fuse.
+    original = (project / "params.yaml").read_text()
+    stale = {}
+    for key, value in (("refine.steps", 1), ("knn.k", 2), ("se.tau", 0.25)):
+        params = yaml.safe_load(original)
+        section, name = key.split(".")
+        params["fusion"][section][name] = value
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        status = json.loads(run([DVC, "status", "--json"], project).stdout)
+        stale[key] = {name.rpartition(":")[2] for name in status}
+    (project / "params.yaml").write_text(original)
+    assert stale == {"refine.steps": {"synth_fusion@fusion_5step"}, "knn.k": {"fuse"}, "se.tau": {"train_il_se"}}
+    assert json.loads(run([DVC, "status", "--json"], project).stdout) == {}
+
+
+@pytest.mark.parametrize(
+    ("script", "override", "named"),
+    [
+        ("fuse.py", {"tail_classes": ["seven", "eleven"]}, "fusion.tail_classes"),
+        ("fuse.py", {"knn": {"k": 1000}}, "fusion.knn.k"),
+        ("fuse.py", {"thresholds": {"high": 1.5}}, "fusion.thresholds.high"),
+        ("train_il_se.py", {"se": {"group": 7}}, "fusion.se.group"),
+        ("synth_fusion.py", {"refine": {"steps": 11}}, "fusion.refine.steps"),
+    ],
+)
+def test_bad_fusion_params_are_one_line_errors_that_change_nothing(project, script, override, named):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for key, value in override.items():
+        params["fusion"][key] = {**params["fusion"][key], **value} if isinstance(value, dict) else value
+    (project / "bad_params.yaml").write_text(yaml.safe_dump(params))
+    args = ["fusion_5step"] if script == "synth_fusion.py" else []
+    proc = run(["env", "TAILSYNTH_PARAMS=bad_params.yaml", sys.executable, f"stages/{script}", *args], project, False)
+    (project / "bad_params.yaml").unlink()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and named in errors[0], proc.stderr[-2000:]
+    assert json.loads(run([DVC, "status", "--json"], project).stdout) == {}  # nothing written, nothing stale
 
 
 # `dvc exp show --md` with the columns a reviewer reads: the params that were swept and the few-class metrics.

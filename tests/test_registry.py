@@ -46,6 +46,7 @@ def test_every_stage_lists_exactly_the_registrys_methods():
     assert list(foreach("fewshot_eval")) == registry.names(FS)
     assert list(foreach("synth")) == generated
     assert list(foreach("synth_genie")) == genie
+    assert list(foreach("synth_fusion")) == registry.names(LT, registry.FUSION)
     assert list(foreach("fewshot_synth")) == [m.name for m in registry.methods(FS) if m.generated]
     checked = 0
     for plot in DVC["plots"]:
@@ -87,10 +88,10 @@ def test_every_declared_param_exists_and_every_method_has_its_module():
     for m in registry.METHODS.values():
         assert all(has_param(key) for key in m.params), m.name
         if m.generated:
-            assert (
-                m.generation in ("txt2img", "img2img", "unclip") and "seed" in m.key_fields and "method" in m.key_fields
-            )
-            assert ("source_hash" in m.key_fields) == (m.generation == "img2img")
+            assert m.generation in ("txt2img", "img2img", "unclip", "fusion")
+            assert "seed" in m.key_fields and "method" in m.key_fields
+            assert ("source_hash" in m.key_fields) == (m.generation in ("img2img", "fusion"))
+            assert ("head_hash" in m.key_fields and "latent_hash" in m.key_fields) == (m.generation == "fusion")
             assert ("cond_hash" in m.key_fields and "guide" in m.key_fields) == (m.generation == "unclip")
         else:
             training_augmentation(m.name, 3, PARAMS["augment"][m.name])  # long-tail module knows it
@@ -127,6 +128,21 @@ def test_the_feedback_ladder_adds_one_change_per_row():
         declared = {v for v in items[m.name].values() if v != "feedback.seed"}
         assert declared == set(m.params), m.name
     assert "feedback.seed" in DVC["stages"]["synth_feedback"]["do"]["params"]
+
+
+def test_fusion_methods_differ_only_in_refinement():
+    """fusion_0step decodes the fused latents, fusion_5step refines them first: the refine section is its one
+    param beyond the fused latents both read (data/fusion/fused, a dependency of both)."""
+    fusion = registry.methods(LT, registry.FUSION)
+    assert [(m.name, m.refine, m.params) for m in fusion] == [
+        ("fusion_0step", False, ()),
+        ("fusion_5step", True, ("fusion.refine",)),
+    ]
+    items = foreach("synth_fusion")
+    for m in fusion:
+        declared = {v for v in items[m.name].values() if v != "fusion.seed"}
+        assert declared == set(m.params), m.name
+    assert "data/fusion/fused" in DVC["stages"]["synth_fusion"]["do"]["deps"]
 
 
 def test_lookups_give_clear_errors():

@@ -25,7 +25,8 @@ TRAINING = "training"  # training-time augmentation of the real images (no gener
 GENERATED = "generated"  # the generator from a prompt (txt2img) or the target's own images (img2img)
 GENIE = "genie"  # the generator from *another* class's image, labelled as the target (hard negatives)
 FEEDBACK = "feedback"  # the dual-conditioned (text + image) generator, optionally steered by classifier feedback
-FAMILIES = (TRAINING, GENERATED, GENIE, FEEDBACK)
+FUSION = "fusion"  # a tail sample fused with a head neighbour in a sparse latent feature space, decoded (+ refined)
+FAMILIES = (TRAINING, GENERATED, GENIE, FEEDBACK, FUSION)
 
 # Plan fields that determine a generated image; hashed (with the generator's identity) into its row key.
 TEXT_KEY = ("method", "target", "prompt", "seed", "r", "steps", "cfg", "scheduler")
@@ -33,20 +34,35 @@ SOURCE_KEY = (*TEXT_KEY, "source_image", "source_hash")
 # ... of a dual-conditioned image: its conditioning image, the embedding's noise level and dropout, and the
 # guidance (criterion, step size, schedule and the guiding classifier's weights).
 UNCLIP_KEY = (*TEXT_KEY, "cond_image", "cond_hash", "noise_level", "dropout", "criterion", "omega", "every", "guide")
+# ... of a fused image: both sources, the masks' thresholds and coin, the label policy, the trained S/D/C
+# (``fusion``: their digest) and the fused latent itself (``latent_hash``).
+FUSION_KEY = (
+    *SOURCE_KEY,
+    "head_image",
+    "head_hash",
+    "tau_h",
+    "tau_l",
+    "p_head",
+    "labels_policy",
+    "fusion",
+    "latent_hash",
+)
 
 
 @dataclass(frozen=True)
 class Method:
     """One method of the comparison.
 
-    ``generation`` is how a generated image is made: ``txt2img`` (from the prompt alone) or
+    ``generation`` is how a generated image is made: ``txt2img`` (from the prompt alone),
     ``img2img`` (a source image noised to ratio r and denoised with the target's prompt),
     ``unclip`` (the dual-conditioned generator from the prompt and, with ``image``, a real image
-    of the class); ``None`` for training-time methods. ``params`` are the param keys that decide
-    the method's output beyond what every method of its family shares. ``ada``: GeNIe-Ada keeps,
-    per (source, target) pair, one level of a noise grid chosen by an embedding network. The
-    feedback ladder's rows differ in ``image`` (a conditioning image), ``dropout`` (dropout on
-    its embedding) and ``criterion`` (classifier feedback during sampling, or None).
+    of the class) or ``fusion`` (a fused latent, decoded); ``None`` for training-time methods.
+    ``params`` are the param keys that decide the method's output beyond what every method of its
+    family shares. ``ada``: GeNIe-Ada keeps, per (source, target) pair, one level of a noise grid
+    chosen by an embedding network. The feedback ladder's rows differ in ``image`` (a conditioning
+    image), ``dropout`` (dropout on its embedding) and ``criterion`` (classifier feedback during
+    sampling, or None). ``refine``: a fusion method that runs ``fusion.refine.steps`` refinement
+    steps before decoding (else it decodes the fused latent directly).
     """
 
     name: str
@@ -58,6 +74,7 @@ class Method:
     image: bool = False
     dropout: bool = False
     criterion: str | None = None
+    refine: bool = False
 
     @property
     def generated(self) -> bool:
@@ -69,7 +86,7 @@ class Method:
         """Plan fields hashed into the key (and file name) of each generated image."""
         if not self.generated:
             return ()
-        return {"txt2img": TEXT_KEY, "unclip": UNCLIP_KEY}.get(self.generation, SOURCE_KEY)
+        return {"txt2img": TEXT_KEY, "unclip": UNCLIP_KEY, "fusion": FUSION_KEY}.get(self.generation, SOURCE_KEY)
 
     def synthetic_dir(self, mode: str) -> Path:
         """Where the synthetic set of this method lives in ``mode`` (``data/synthetic/<name>`` in long-tail)."""
@@ -119,6 +136,8 @@ METHODS: dict[str, Method] = {
             )
             for criterion in ("loss", "entropy", "hardness")
         ),
+        Method("fusion_0step", FUSION, (LONG_TAIL,), (), generation="fusion"),
+        Method("fusion_5step", FUSION, (LONG_TAIL,), ("fusion.refine",), generation="fusion", refine=True),
     )
 }
 
