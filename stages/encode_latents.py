@@ -1,6 +1,8 @@
 """Stage encode_latents: the generator's VAE encodes the fusion.train_split images into latent shards
 (data/latents/), scaled by its scaling factor, batch by batch (never one tensor for the whole split)."""
 
+import torch
+
 from tailsynth.data.images import match_channels, resize_batch
 from tailsynth.data.manifest import image_shape, load_rows, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
@@ -39,8 +41,6 @@ def main() -> None:
             images = resize_batch(match_channels(images, int(vae.config.in_channels)), resolution)
             seeds = [image_seed(e["seed"], image) for image in batch["image"]]
             chunks.append(encode_images(vae, images, posterior=posterior, seeds=seeds))
-        import torch
-
         return torch.cat(chunks)
 
     columns = [c for c in ("image", "label", "labels", "group", "sha") if c in rows]

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from tailsynth.data.manifest import read_classes
+from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, atomic_write_text, write_json
 from tailsynth.methods.fusion.embedding import (
     EmbeddingConfig,
@@ -29,8 +30,9 @@ def main() -> None:
     params = load_params()
     p = params["fusion"]
     classes = read_classes(prepared_dir(params))
-    il = ILConfig(**p["il"])
-    config = EmbeddingConfig(latent_channels=1, num_classes=len(classes), **p["se"])  # bad values fail here
+    il = ILConfig(**known_keys(p["il"], ILConfig, "fusion.il"))
+    se = known_keys(p["se"], EmbeddingConfig, "fusion.se")
+    config = EmbeddingConfig(latent_channels=1, num_classes=len(classes), **se)  # bad values fail here
     index, latents = load_latents(LATENTS)
     config = dataclasses.replace(config, latent_channels=int(latents.shape[1]))
     targets = torch.as_tensor(index["label"].to_numpy(), dtype=torch.int64)
@@ -48,6 +50,15 @@ def main() -> None:
     summary = {"generations": il.generations, "train_samples": len(latents), **final}
     write_json("metrics/fusion/il.json", {**summary, "sparsity_uniform": uniform, "sparsity_tanh_capped": capped})
     atomic_write_text("metrics/plots/il_generations.csv", pd.DataFrame(curve).to_csv(index=False))
+
+
+def known_keys(section: dict, cls, param: str) -> dict:
+    """``section`` if every key is a field of ``cls``; else a one-line error naming ``param``."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"latent_channels", "num_classes", "multilabel"}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+        raise TailsynthError(f"{param} has unknown keys {unknown}; it takes {', '.join(sorted(fields))}")
+    return section
 
 
 if __name__ == "__main__":

@@ -461,6 +461,7 @@ def test_fusion_params_reach_only_their_stages(project):
         ("fuse.py", {"knn": {"k": 1000}}, "fusion.knn.k"),
         ("fuse.py", {"thresholds": {"high": 1.5}}, "fusion.thresholds.high"),
         ("train_il_se.py", {"se": {"group": 7}}, "fusion.se.group"),
+        ("train_il_se.py", {"il": {"epochs": 3}}, "fusion.il has unknown keys ['epochs']"),
         ("synth_fusion.py", {"refine": {"steps": 11}}, "fusion.refine.steps"),
     ],
 )
