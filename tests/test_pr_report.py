@@ -62,6 +62,7 @@ def test_plot_definitions_of_this_pipeline():
         "metrics/plots/chosen_r.csv",
         "metrics/plots/r_sweep.csv",
         "metrics/plots/feedback_omega.csv",
+        "metrics/plots/il_generations.csv",
     }
     assert images == [
         "metrics/plots/generator_samples.png",

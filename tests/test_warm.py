@@ -99,9 +99,18 @@ def test_exit_statuses_and_errors_are_the_fresh_interpreters(tmp_path):
         assert f"stages/{name}.py" in served(tmp_path)
 
 
+# A stage that waits in short sleeps. CPython acts on a caught signal only between bytecodes or when a
+# blocking call returns with EINTR: a SIGINT whose handler runs just before `time.sleep(60)` enters its
+# system call is raised only when the minute is over, in any interpreter. Right after the pid is printed
+# that window is likely (the reader of the pipe preempts the stage on a busy core): with one long sleep,
+# 7 of 80 shims forwarded SIGINT into it and their stages raised KeyboardInterrupt 30 s later (exit -2);
+# with 50 ms sleeps, 0 of 150.
+POLLING_SLEEPER = "import os, time\nprint(os.getpid(), flush=True)\nfor _ in range(1200):\n    time.sleep(0.05)\n"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_shim_reaches_the_stage_and_its_status_comes_back(tmp_path, sig):
-    scripts(tmp_path, sleeper="import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    scripts(tmp_path, sleeper=POLLING_SLEEPER)
     proc = subprocess.Popen(
         [str(stage_shim() / "python"), "stages/sleeper.py"],
         cwd=tmp_path,
@@ -208,7 +217,8 @@ SLEEPER_STAGE = """\
 import os, time
 open("pid", "w").write(str(os.getpid()))
 try:
-    time.sleep(120)
+    for _ in range(2400):  # short sleeps: see POLLING_SLEEPER
+        time.sleep(0.05)
 except KeyboardInterrupt:
     with open("interrupted", "a") as f:
         f.write("once\\n")
