@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from tailsynth.checks import real_number, whole_number
 from tailsynth.data.class_names import prompt_for, uses_group
 from tailsynth.data.manifest import image_shape, read_classes, read_manifest
 from tailsynth.errors import TailsynthError
@@ -25,24 +26,29 @@ def main(method: str) -> None:
     m = registry.get(method, registry.LONG_TAIL, registry.FUSION)
     params = load_params()
     p = params["fusion"]
-    refine = p["refine"] if m.refine else {"steps": 0}
-    steps = refine["steps"]
-    if m.refine and (not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= refine["schedule"]):
-        raise TailsynthError(
-            f"fusion.refine.steps must be a whole number in [0, fusion.refine.schedule], got {steps!r}"
-        )
+    batch_size = whole_number(p["batch_size"], "fusion.batch_size", 1)
+    if m.refine:
+        refine = p["refine"]
+        schedule = whole_number(refine["schedule"], "fusion.refine.schedule", 1)
+        steps = whole_number(refine["steps"], "fusion.refine.steps")
+        if steps > schedule:
+            raise TailsynthError(f"fusion.refine.steps ({steps}) must be at most fusion.refine.schedule ({schedule})")
+        cfg = real_number(refine["cfg"], "fusion.refine.cfg", minimum=0) if steps else 0.0
+        template = params["generator"]["prompt"] if steps else None
+    else:  # decode only: no prompt, no schedule, no guidance
+        schedule, steps, cfg, template = 1, 0, 0.0, None
     folder = prepared_dir(params)
     classes, manifest = read_classes(folder), read_manifest(folder)
     channels, size = image_shape(folder)
     pairs = pd.read_csv(f"{FUSED}/rows.csv", keep_default_na=False)
     fused = load_file(f"{FUSED}/latents.safetensors")["latents"]
-    template = params["generator"]["prompt"]
     group = dict(zip(manifest["image"], manifest["group"].astype(str), strict=True)) if "group" in manifest else {}
     hashes = image_hashes(manifest)
     rows = []
     for pair in pairs.to_dict("records"):
         target = classes[int(pair["target"])]
-        prompt = prompt_for(template, target, group.get(pair["source_image"]) if uses_group(template) else None)
+        group_name = group.get(pair["source_image"]) if template and uses_group(template) else None
+        prompt = prompt_for(template, target, group_name) if template else ""
         rows.append(
             {
                 **pair,
@@ -51,10 +57,10 @@ def main(method: str) -> None:
                 "label": int(pair["target"]),
                 "prompt": prompt,
                 # r: the share of the schedule run (no noise is added); decode-only rows have none
-                "r": steps / refine["schedule"] if steps else 0.0,
+                "r": steps / schedule,
                 "steps": steps,
-                "cfg": float(refine["cfg"]) if steps else 0.0,
-                "scheduler": f"ddim_last_of_{refine['schedule']}" if steps else "",
+                "cfg": cfg,
+                "scheduler": f"ddim_last_of_{schedule}" if steps else "",
                 "source_hash": hashes.get(pair["source_image"], ""),
                 "head_hash": hashes.get(pair["head_image"], ""),
             }
@@ -63,11 +69,11 @@ def main(method: str) -> None:
     plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)
     from tailsynth.methods.fusion.refine import FusionRefiner
 
-    refiner = FusionRefiner(synthesis.sampler.txt2img, schedule=refine.get("schedule", 1))
+    refiner = FusionRefiner(synthesis.sampler.txt2img, schedule=schedule)
 
     def generate(batch: pd.DataFrame, sources: torch.Tensor | None) -> torch.Tensor:
         latents = fused[torch.as_tensor(batch["fused_row"].to_numpy(copy=True))]
-        return refiner.images(latents, batch["prompt"].tolist(), steps=steps, cfg=float(batch["cfg"].iloc[0]))
+        return refiner.images(latents, batch["prompt"].tolist(), steps=steps, cfg=cfg)
 
     synthesis.run(
         m,
@@ -77,7 +83,7 @@ def main(method: str) -> None:
         lambda batch: None,
         size=size,
         channels=channels,
-        batch_size=p["batch_size"],
+        batch_size=batch_size,
     )
 
 

@@ -473,6 +473,11 @@ def test_tanh_capped_sparsity():
     assert tanh_capped_sparsity(64) == pytest.approx(0.10497, abs=1e-5)
     best = torch.softmax(torch.tensor([1.0] + [-1.0] * 63, dtype=torch.float64), 0)[0]
     assert tanh_capped_sparsity(64) == pytest.approx(float(best))
+    # at temperature tau the bounded logits are ±1/tau: the softmax of the extreme logits
+    for group, tau in ((8, 1.0), (8, 0.2), (64, 0.5)):
+        extreme = torch.tensor([1.0] + [-1.0] * (group - 1), dtype=torch.float64) / tau
+        assert tanh_capped_sparsity(group, tau) == pytest.approx(float(torch.softmax(extreme, 0)[0]))
+    assert tanh_capped_sparsity(8, 0.2) == pytest.approx(0.99968, abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -487,6 +492,60 @@ def test_embedding_config_is_checked(kw, param):
     """A group that does not divide the channels (or < 2) or a tau <= 0 raises naming the param."""
     with pytest.raises(TailsynthError, match=param):
         EmbeddingConfig(latent_channels=4, num_classes=2, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "param"),
+    [
+        ({"channels": "64"}, "fusion.se.channels"),
+        ({"group": 8.0}, "fusion.se.group"),
+        ({"hidden": None}, "fusion.se.hidden"),
+        ({"tau": "0.2"}, "fusion.se.tau"),
+        ({"tau": True}, "fusion.se.tau"),
+    ],
+)
+def test_embedding_config_refuses_values_of_the_wrong_type(kw, param):
+    """A string, float or bool where a whole number or a number belongs is a TailsynthError naming the param
+    (not a TypeError from the modulo or the comparison)."""
+    with pytest.raises(TailsynthError, match=param):
+        EmbeddingConfig(latent_channels=4, num_classes=2, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "param"),
+    [
+        ({"generations": 2.5}, "fusion.il.generations"),
+        ({"imitation_steps": "100"}, "fusion.il.imitation_steps"),
+        ({"seed": 0.5}, "fusion.il.seed"),
+        ({"lr": "1e-3"}, "fusion.il.lr"),
+        ({"lr_cls": 0}, "fusion.il.lr_cls"),
+        ({"weight_decay": -0.1}, "fusion.il.weight_decay"),
+        ({"cls_weight": None}, "fusion.il.cls_weight"),
+    ],
+)
+def test_il_config_refuses_values_of_the_wrong_type_or_sign(kw, param):
+    with pytest.raises(TailsynthError, match=param):
+        ILConfig(**kw)
+
+
+def test_reinitialised_student_is_drawn_on_the_cpu_and_leaves_the_global_rng_alone():
+    """_init gives the values a CPU reset under the seed gives, whatever the module's current values,
+    and does not advance the global random state (a CUDA module draws the same values)."""
+    from tailsynth.methods.fusion.embedding import Student, _init
+
+    config = EmbeddingConfig(latent_channels=4, num_classes=2)
+    reference = Student(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        for m in reference.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    student = Student(config)
+    state = torch.get_rng_state()
+    _init(student, 123)
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, a), b in zip(student.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("name", ["generations", "interaction_steps", "batch_size"])
@@ -720,6 +779,56 @@ def test_write_latents_shards_resumes_and_removes_stale_shards(tmp_path):
     latents.write_latents(changed, folder, encode, identity="vae-2", shard_size=2)
     assert len(calls) == 3  # another VAE / posterior / seed: nothing is reused
     assert len(list(folder.glob("shard-*.safetensors"))) == 3
+
+
+def test_write_latents_removes_a_shard_left_half_written(tmp_path):
+    """A .shard-*.tmp an interrupted run left behind is removed by the next run; the finished set has none."""
+    folder = tmp_path / "latents"
+    folder.mkdir()
+    (folder / ".shard-00000-deadbeef0000.safetensors.tmp").write_bytes(b"half")
+    rows = pd.DataFrame({"image": ["a.png", "b.png"], "sha": ["x", "y"]})
+    latents.write_latents(rows, folder, lambda p: torch.zeros(len(p), 4, 2, 2), identity="v", shard_size=1)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    assert len(list(folder.glob("shard-*.safetensors"))) == 2
+
+
+def test_encoding_identity_holds_the_seed_only_for_posterior_samples():
+    """The mode does not depend on the seed (the shards are kept when it changes); samples do."""
+    mode = [latents.encoding_identity("vae", "mode", seed, 32) for seed in (0, 1)]
+    assert mode[0] == mode[1]
+    sample = [latents.encoding_identity("vae", "sample", seed, 32) for seed in (0, 1)]
+    assert sample[0] != sample[1] and mode[0] not in sample
+    assert latents.encoding_identity("vae", "mode", 0, 32) != latents.encoding_identity("vae", "mode", 0, 64)
+    with pytest.raises(TailsynthError, match="fusion.encode.posterior"):
+        latents.encoding_identity("vae", "median", 0, 32)
+
+
+def test_saved_pipeline_resolution_is_the_unets_not_the_vaes(tmp_path):
+    """The encode resolution is unet.sample_size x 2^(len(vae.block_out_channels) - 1); a VAE whose own
+    sample_size differs (as in SD 1.5's, 768 against the pipeline's 512) does not change it."""
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"sample_size": 8}))
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"sample_size": 96, "block_out_channels": [8, 16, 32]}))
+    assert gen.saved_pipeline_resolution(tmp_path) == 32
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"sample_size": 64}))
+    (tmp_path / "vae" / "config.json").write_text(
+        json.dumps({"sample_size": 768, "block_out_channels": [128, 256, 512, 512]})
+    )
+    assert gen.saved_pipeline_resolution(tmp_path) == 512
+    with pytest.raises(TailsynthError, match="unet/config.json"):
+        gen.saved_pipeline_resolution(tmp_path / "missing")
+
+
+def test_saved_pipeline_resolution_matches_the_loaded_pipeline(components, tmp_path):
+    """On a saved pipeline (the embedded generator's shape) it equals pipeline_resolution of the loaded one."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert gen.saved_pipeline_resolution(tmp_path / "pipe") == gen.pipeline_resolution(pipe)
 
 
 def test_write_latents_refuses_bad_shard_size_and_empty_rows(tmp_path):

@@ -464,6 +464,12 @@ def test_fusion_params_reach_only_their_stages(project):
         ("train_il_se.py", {"se": {"group": 7}}, "fusion.se.group"),
         ("train_il_se.py", {"il": {"epochs": 3}}, "fusion.il has unknown keys ['epochs']"),
         ("synth_fusion.py", {"refine": {"steps": 11}}, "fusion.refine.steps"),
+        # values of the wrong type: checked before they are compared or used
+        ("synth_fusion.py", {"refine": {"schedule": "75"}}, "fusion.refine.schedule"),
+        ("synth_fusion.py", {"refine": {"cfg": "high"}}, "fusion.refine.cfg"),
+        ("train_il_se.py", {"se": {"tau": "0.2"}}, "fusion.se.tau"),
+        ("train_il_se.py", {"il": {"lr": "fast"}}, "fusion.il.lr"),
+        ("encode_latents.py", {"encode": {"shard_size": 1.5}}, "fusion.encode.shard_size"),
     ],
 )
 def test_bad_fusion_params_are_one_line_errors_that_change_nothing(project, script, override, named):

@@ -131,17 +131,19 @@ def test_the_feedback_ladder_adds_one_change_per_row():
 
 
 def test_fusion_methods_differ_only_in_refinement():
-    """fusion_0step decodes the fused latents, fusion_5step refines them first: the refine section is its one
-    param beyond the fused latents both read (data/fusion/fused, a dependency of both)."""
+    """fusion_0step decodes the fused latents, fusion_5step refines them first: the prompt and the refine
+    section are its params beyond the fused latents both read (data/fusion/fused, a dependency of both);
+    decode-only names neither (its items repeat fusion.batch_size, which both declare)."""
     fusion = registry.methods(LT, registry.FUSION)
     assert [(m.name, m.refine, m.params) for m in fusion] == [
         ("fusion_0step", False, ()),
-        ("fusion_5step", True, ("fusion.refine",)),
+        ("fusion_5step", True, ("generator.prompt", "fusion.refine")),
     ]
     items = foreach("synth_fusion")
     for m in fusion:
-        declared = {v for v in items[m.name].values() if v != "fusion.seed"}
+        declared = {v for v in items[m.name].values() if v != "fusion.batch_size"}
         assert declared == set(m.params), m.name
+    assert DVC["stages"]["synth_fusion"]["do"]["params"][0] == "fusion.batch_size"
     assert "data/fusion/fused" in DVC["stages"]["synth_fusion"]["do"]["deps"]
 
 

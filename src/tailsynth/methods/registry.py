@@ -137,7 +137,14 @@ METHODS: dict[str, Method] = {
             for criterion in ("loss", "entropy", "hardness")
         ),
         Method("fusion_0step", FUSION, (LONG_TAIL,), (), generation="fusion"),
-        Method("fusion_5step", FUSION, (LONG_TAIL,), ("fusion.refine",), generation="fusion", refine=True),
+        Method(
+            "fusion_5step",
+            FUSION,
+            (LONG_TAIL,),
+            ("generator.prompt", "fusion.refine"),
+            generation="fusion",
+            refine=True,
+        ),
     )
 }
 

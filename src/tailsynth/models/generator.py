@@ -7,8 +7,10 @@ img2img, GeNIe) uses the stock pipelines on either.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -358,6 +360,22 @@ def load_pipeline(
 def pipeline_resolution(pipe: StableDiffusionPipeline) -> int:
     """The image side the pipeline's UNet was trained for (e.g. 512 for SD 1.5, 32 for the embedded one)."""
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def saved_pipeline_resolution(folder: str | Path) -> int:
+    """:func:`pipeline_resolution` of a saved pipeline folder, from its unet/ and vae/ configs alone
+    (the UNet's sample_size times the VAE's downsampling, 2^(len(block_out_channels) - 1)); the VAE's
+    own sample_size is not what the pipeline runs at."""
+    folder = Path(folder)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TailsynthError(
+            f"{folder}: cannot read the pipeline resolution from unet/config.json and vae/config.json ({exc}); "
+            "re-run the generator stage"
+        ) from exc
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -52,7 +52,8 @@ def tail_classes(classes: list[dict], *, buckets: list[str] | None, names: list 
 def head_neighbours(maps: torch.Tensor, head: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Global positions (Q, k) of the ``k`` nearest head samples (euclidean on the flattened ``maps``,
     nearest first) of each sample in ``queries`` (global positions). ``head``: global positions of the
-    head samples. Exact search, queries in chunks of 256; ties are broken by the order of ``head``.
+    head samples. Exact search in float64 (a copy of ``maps``: N·h·w·8 bytes), queries in chunks of
+    256 against all head samples at once; ties are broken by the order of ``head``.
     """
     head, queries = np.asarray(head, dtype=np.int64), np.asarray(queries, dtype=np.int64)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:

@@ -3,8 +3,9 @@
 A shard is a safetensors file holding ``latents`` (n, c, h, w), scaled by the VAE's
 ``scaling_factor`` as the diffusion model sees them; ``index.csv`` lists every encoded image with
 its shard and offset. A shard's file name carries a digest of what determines it (the VAE, the
-posterior mode, the seed and its images' content), so an interrupted encode resumes by skipping
-the shards that already exist and a changed input never reuses one.
+posterior mode, the seed when posterior samples are drawn, the resolution and its images'
+content), so an interrupted encode resumes by skipping the shards that already exist (and removes
+the one it was writing) and a changed input never reuses one.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def encode_images(vae, images: torch.Tensor, *, posterior: str, seeds: list[int]
     return (z * vae.config.scaling_factor).float().cpu()
 
 
+def encoding_identity(vae_digest: str, posterior: str, seed: int, resolution: int) -> str:
+    """What besides its images determines a shard: the VAE, the posterior, the resolution and, for
+    posterior samples only, the seed (the mode does not depend on it, so changing it keeps the shards)."""
+    return f"{vae_digest}-{check_posterior(posterior)}-{seed if posterior == 'sample' else ''}-{resolution}"
+
+
 def image_seed(seed: int, image: str) -> int:
     """The seed of one image's posterior sample: from the run's seed and the image's path."""
     return derive_seed(seed, "latent", image)
@@ -80,6 +87,8 @@ def write_latents(
         raise TailsynthError("no image to encode: the selected split is empty")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".shard-*.tmp"):  # a shard an interrupted run was writing
+        leftover.unlink()
     index, wanted = [], set()
     for i, start in enumerate(range(0, len(rows), shard_size)):
         part = rows.iloc[start : start + shard_size]
@@ -116,7 +125,12 @@ def iter_shards(folder: str | Path, index: pd.DataFrame) -> Iterator[tuple[pd.Da
 
 
 def load_latents(folder: str | Path, index: pd.DataFrame | None = None) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Every latent of the set, in index order (the embedded scale; real data goes shard by shard)."""
+    """Every latent of the set in one tensor (N, c, h, w), in index order.
+
+    The shards bound the encoder's memory, not this: train_il_se, cams and fuse hold the whole split's
+    latents (N·c·h·w float32: 1 KiB per image for the embedded 4×8×8, 64 KiB for SD's 4×64×64, about
+    7 GiB for ImageNet-LT's 115,846 train images).
+    """
     index = read_index(folder) if index is None else index
     parts = list(iter_shards(folder, index))
     return pd.concat([p for p, _ in parts], ignore_index=True), torch.cat([z for _, z in parts])
