@@ -128,12 +128,15 @@ def main() -> None:
     lt_columns = LT_COLUMNS + [c for c in ("worst_group", "avg_group") if c in seeds["none"].columns]
     paired_lt = paired_table(seeds, lt_columns, BASELINES)
     paired_fs = paired_table(episodes, shot_columns, BASELINES)
+    # The many and medium classes against none: what a method's images cost the classes it does not fill.
+    bucket_columns = [c for c in ("many", "medium") if c in seeds["none"] and seeds["none"][c].notna().all()]
+    paired_buckets = paired_table(seeds, bucket_columns, ("none",))
     rows = summary_rows(results)
     # One table for every method: long-tail columns, few-shot columns and paired differences side by side.
     summary = {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}
     for method, result in fewshot.items():
         summary.setdefault(method, {}).update(fewshot_columns(result, shots))
-    for paired in (paired_lt, paired_fs):
+    for paired in (paired_lt, paired_buckets, paired_fs):
         for method, entries in paired.items():
             for key, e in entries.items():
                 summary[method][f"paired_{key}"] = e["diff"]
@@ -147,6 +150,13 @@ def main() -> None:
         BASELINES,
         f"Long-tail, paired over {params['eval']['seeds']} seeds (accuracy difference in points, 95% t interval)",
     )
+    if bucket_columns:
+        text += "\n" + paired_markdown(
+            paired_buckets,
+            bucket_columns,
+            ("none",),
+            "Long-tail, the classes generation does not fill, paired against none (points, 95% t interval)",
+        )
     text += "\n" + fewshot_markdown(
         fewshot,
         shots,

@@ -241,7 +241,11 @@ def test_metrics_are_in_range(project):
             d = summary[m]["paired_few_vs_none"]
             assert d == pytest.approx(seeds["few"].mean() - summary["none"]["acc_few"])
             assert summary[m]["paired_few_vs_none_ci95"] >= 0
+            medium = summary[m]["paired_medium_vs_none"]  # the classes generation does not fill, paired too
+            assert medium == pytest.approx(seeds["medium"].mean() - summary["none"]["acc_medium"])
+            assert "paired_medium_vs_txt2img" not in summary[m]
     text = (project / "metrics/summary.md").read_text()
+    assert "## Long-tail, the classes generation does not fill, paired against none" in text
     assert "## Long-tail, paired over 2 seeds" in text and "## Few-shot, paired over 2 episodes" in text
     assert "GeNIe > Txt2Img, 1-shot" in text and "GeNIe-Ada ≥ GeNIe, 5-shot" in text and "oracle test" in text
     assert "Dual-conditioned generator, swapped same-class pairs" in text and "| feedback_hardness † |" in text
