@@ -3,8 +3,10 @@
 from tailsynth.data.csv_source import scan_csv
 from tailsynth.data.digits import load_digits_split
 from tailsynth.data.digits_groups import load_digits_groups
+from tailsynth.data.digits_multilabel import load_digits_multilabel
 from tailsynth.data.imagefolder import scan_imagefolder
 from tailsynth.data.imagenet_lt import scan_imagenet_lt
+from tailsynth.data.mimic_cxr_lt import scan_mimic_cxr_lt
 from tailsynth.data.mini_imagenet import scan_split_csvs
 from tailsynth.data.nico_pp import scan_nico_pp
 from tailsynth.data.prepare import Record, write_prepared
@@ -22,7 +24,7 @@ def main() -> None:
     if not isinstance(p["size"], int) or p["size"] < 8:
         raise TailsynthError(f"data.size must be an integer >= 8, got {p['size']!r}")
     scan = None
-    if kind in ("digits", "digits_groups"):
+    if kind in ("digits", "digits_groups", "digits_multilabel"):
         digits_args = {
             "size": p["size"],
             "imbalance_ratio": p["imbalance_ratio"],
@@ -33,11 +35,15 @@ def main() -> None:
         }
         if kind == "digits":
             d = load_digits_split(**digits_args)
-        else:
+        elif kind == "digits_groups":
             d = load_digits_groups(group_ratio=require(p, "group_ratio", "data"), **digits_args)
+        else:
+            d = load_digits_multilabel(**digits_args)
         groups = d.get("groups", [None] * len(d["labels"]))
         records = [
             Record(key=f"{i:05d}", image=img, label=int(y), split=str(s), in_pool=bool(pool), group=g)
+            if kind != "digits_multilabel"
+            else Record(key=f"{i:05d}", image=img, label=y[0], split=str(s), in_pool=bool(pool), labels=y)
             for i, (img, y, s, pool, g) in enumerate(
                 zip(d["images"], d["labels"], d["split"], d["in_pool"], groups, strict=True)
             )
@@ -57,6 +63,13 @@ def main() -> None:
         )
     elif kind == "csv":
         records, names = scan_csv(require(p, "csv", "data"), p.get("root"))
+    elif kind == "mimic_cxr_lt":
+        scan = scan_mimic_cxr_lt(
+            require(p, "root", "data"),
+            split_files=p.get("split_files"),
+            path_column=p.get("path_column") or "fpath",
+            uncertain=p.get("uncertain") or "zero",
+        )
     elif kind == "mini_imagenet":  # also tiered-ImageNet, which uses the same split CSVs
         scan = scan_split_csvs(require(p, "root", "data"), class_names=p.get("class_names") or None)
     elif kind == "imagenet_lt":
@@ -65,8 +78,8 @@ def main() -> None:
         )
     else:
         raise TailsynthError(
-            f"unknown data.dataset {kind!r}; use digits, digits_groups, imagefolder, csv, nico_pp, mini_imagenet "
-            "(also tiered-ImageNet) or imagenet_lt"
+            f"unknown data.dataset {kind!r}; use digits, digits_groups, digits_multilabel, imagefolder, csv, "
+            "nico_pp, mini_imagenet (also tiered-ImageNet), imagenet_lt or mimic_cxr_lt"
         )
     if scan is not None:
         records, names = scan.records, scan.names

@@ -1,10 +1,11 @@
 """The prepared-dataset contract: ``images/…``, ``manifest.csv`` and ``classes.json``.
 
-``manifest.csv`` columns: ``image`` (path relative to the folder), ``label`` (class index),
+``manifest.csv`` columns: ``image`` (path relative to the folder), ``label`` (class index) or, for
+multi-label data, ``labels`` (``|``-joined class indices, blank for none),
 ``split`` (``train``/``val``/``test``, or ``pool_only`` for images only in the generator's pool),
 ``in_pool`` (0/1), ``sha`` (digest of the image file, so the manifest stands for the whole folder)
 and optional ``group``. ``classes.json`` lists, per class: index, name,
-prompt name, train count and shot bucket, plus ``id`` (e.g. a WordNet id) and ``superclass`` when the
+prompt name, train count (multi-label: train images showing the class) and shot bucket, plus ``id`` (e.g. a WordNet id) and ``superclass`` when the
 source dataset has them.
 """
 
@@ -84,16 +85,36 @@ def resolve_inside(root: str | Path, relative: str) -> Path:
     return Path(os.path.normpath(Path(root).absolute() / Path(*parts))) if parts else Path(root).absolute()
 
 
-def read_manifest(folder: str | Path) -> pd.DataFrame:
-    """Read and check ``folder/manifest.csv``."""
+def join_labels(labels) -> str:
+    """A ``labels`` cell: the sorted distinct class indices joined by ``|`` ("" for none)."""
+    return "|".join(str(k) for k in sorted({int(k) for k in labels}))
+
+
+def split_labels(cell) -> list[int]:
+    """The class indices of a ``labels`` cell (as written by :func:`join_labels`, or as pandas read it)."""
+    text = "" if cell is None or (isinstance(cell, float) and cell != cell) else str(cell)
+    return [int(k) for k in text.split("|") if k != ""]
+
+
+def read_manifest(folder: str | Path, *, multilabel: bool = False) -> pd.DataFrame:
+    """Read and check ``folder/manifest.csv``.
+
+    A multi-label manifest (a ``labels`` column) is refused unless ``multilabel``: the stages that
+    train, generate and evaluate take single-label data only, so far.
+    """
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise TailsynthError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
-    df = pd.read_csv(path, dtype={"image": str, "split": str})
+    df = pd.read_csv(path, dtype={"image": str, "split": str, "labels": str})
     missing = {"image", "split", "in_pool", "sha"} - set(df.columns)
     if missing or not ({"label", "labels"} & set(df.columns)):
         raise TailsynthError(
             f"{path} lacks columns {sorted(missing) or ['label']}; re-run the prepare stage (dvc repro prepare)"
+        )
+    if "labels" in df.columns and not multilabel:
+        raise TailsynthError(
+            f"{path} is multi-label (a labels column): this stage takes single-label data; multi-label "
+            "training, generation and evaluation are not built yet, only the prepare stage reads it"
         )
     return df
 
