@@ -18,7 +18,7 @@ from PIL import Image
 
 from tailsynth.data import digits_multilabel as dml
 from tailsynth.data.manifest import join_labels, read_manifest, split_labels
-from tailsynth.data.mimic_cxr_lt import finding_values, scan_mimic_cxr_lt
+from tailsynth.data.mimic_cxr_lt import finding_value, scan_mimic_cxr_lt
 from tailsynth.data.prepare import Record, write_prepared
 from tailsynth.errors import TailsynthError
 from tailsynth.seeding import derive_seed
@@ -98,6 +98,7 @@ def test_digits_multilabel_cells_hold_real_digits_and_test_canvases_only_test_im
     test_images = set()
     for c in range(10):
         test_images |= set(rng.permutation(np.flatnonzero(digits.target == c))[:50].tolist())
+    uses = Counter()
     for img, labels, split in zip(canvases["images"], canvases["labels"], canvases["split"], strict=True):
         found = []
         for cell in range(4):
@@ -107,6 +108,18 @@ def test_digits_multilabel_cells_hold_real_digits_and_test_canvases_only_test_im
                 found.append(lookup[tile.contiguous().numpy().tobytes()])
         assert sorted(int(digits.target[i]) for i in found) == list(labels)
         assert all((i in test_images) == (split == "test") for i in found)
+        uses.update(found)
+    assert max(uses.values()) == 1  # no digit image in two canvases (e.g. a train and a val canvas)
+    # at the defaults each class's 174 or more images cover 50 test + 120 + 4 other canvases exactly
+    assert len(uses) == 10 * (50 + 120 + 4)
+
+
+def test_digits_multilabel_refuses_counts_that_would_reuse_digit_images():
+    """The smallest digit class has 174 images: 50 for test leave 124 = 120 + 4; one more would repeat one."""
+    with pytest.raises(TailsynthError, match=r"data.max_per_class \+ data.val_per_class \(121 \+ 4\) exceeds the 124"):
+        dml.load_digits_multilabel(seed=0, **{**DEFAULTS, "max_per_class": 121})
+    with pytest.raises(TailsynthError, match=r"\(120 \+ 5\) exceeds the 124"):
+        dml.load_digits_multilabel(seed=0, **{**DEFAULTS, "val_per_class": 5})
 
 
 def test_join_and_split_labels_round_trip():
@@ -223,7 +236,7 @@ def test_mimic_cxr_lt_without_development_file(tmp_path):
     [
         (
             lambda r: r.__setitem__("train", [("files/p10/a.jpg", ["2", "0", "0", "1"])]),
-            r"train.csv column 'Atelectasis' row 2 is '2'",
+            r"train.csv line 2 column 'Atelectasis' is '2'",
         ),
         (lambda r: r.__setitem__("train", [("files/p10/a.jpg", ["yes", "0", "0", "1"])]), "finding columns take"),
         (lambda r: r.__setitem__("train", [("../outside.jpg", ["1", "0", "0", "1"])]), "points outside"),
@@ -253,11 +266,12 @@ def test_mimic_cxr_lt_missing_path_column_and_mismatched_findings(tmp_path):
 
 def test_mimic_cxr_lt_uncertain_policy(tmp_path):
     small_cxr(tmp_path)
-    with pytest.raises(TailsynthError, match=r"train.csv column 'Atelectasis' row 4 is -1 \(uncertain\)"):
+    with pytest.raises(TailsynthError, match=r"train.csv line 4 column 'Atelectasis' is -1 \(uncertain\)"):
         scan_mimic_cxr_lt(tmp_path, uncertain="refuse")
     with pytest.raises(TailsynthError, match="data.uncertain must be one of zero, one, refuse"):
         scan_mimic_cxr_lt(tmp_path, uncertain="maybe")
-    assert finding_values(pd.Series(["", " 1", "-1.0", "0.0"]), uncertain="one", where="f") == [0, 1, 1, 0]
+    assert [finding_value(v, uncertain="one", where="f") for v in ["", " 1", "-1.0", "0.0"]] == [0, 1, 1, 0]
+    assert [finding_value(v, uncertain="zero", where="f") for v in ["-1", "1.0"]] == [0, 1]
 
 
 def test_mimic_cxr_lt_split_files_are_checked(tmp_path):
@@ -268,6 +282,58 @@ def test_mimic_cxr_lt_split_files_are_checked(tmp_path):
         scan_mimic_cxr_lt(tmp_path, split_files={"train": "train.csv", "val": "dev2.csv", "test": "test.csv"})
     with pytest.raises(TailsynthError, match="data.root: dataset folder"):
         scan_mimic_cxr_lt(tmp_path / "nothing")
+
+
+HEADER = "dicom_id,fpath,Atelectasis,Cardiomegaly,No Finding,Pneumothorax\n"
+
+
+@pytest.mark.parametrize(
+    ("train_csv", "message"),
+    [
+        (b"", "train.csv is empty; it needs a header"),
+        (HEADER.encode(), "train.csv has a header but no rows"),
+        ((HEADER + "d1,files/p10/a.jpg,1,0,0\n").encode(), "train.csv line 2 has 5 cells but the header has 6"),
+        ((HEADER + "d1,files/p10/a.jpg,1,0,0,1,0\n").encode(), "train.csv line 2 has 7 cells but the header has 6"),
+        ((HEADER + "d1,files/p10/a.jpg,1,0,0,\xe9\n").encode("latin-1"), "train.csv is not UTF-8 text"),
+        (b"dicom_id,fpath,,Pneumothorax\nd1,files/p10/a.jpg,1,0\n", "train.csv column 3 of the header has no name"),
+        (b"dicom_id,fpath,Edema,Edema\nd1,files/p10/a.jpg,1,0\n", r"train.csv header repeats columns \['Edema'\]"),
+        ((HEADER + 'd1,"files/p10/a.jpg,1,0,0,1\n').encode(), "train.csv line .*: not valid CSV"),
+        (
+            (HEADER + "d1,files/p10/a.jpg,1,0,0,1\nd2,files/p10/a.jpg,0,1,0,0\n").encode(),
+            r"train.csv line 3 lists 'files/p10/a.jpg' again \(also at .*train.csv line 2\)",
+        ),
+    ],
+)
+def test_mimic_cxr_lt_malformed_csvs_are_one_line_errors(tmp_path, train_csv, message):
+    small_cxr(tmp_path)
+    (tmp_path / "train.csv").write_bytes(train_csv)
+    with pytest.raises(TailsynthError, match=message) as err:
+        scan_mimic_cxr_lt(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_mimic_cxr_lt_line_numbers_count_blank_lines_and_quoted_line_breaks(tmp_path):
+    """The bad cell is on file line 6: a blank line (3) and a dicom id quoted over two lines (4-5) come first."""
+    small_cxr(tmp_path)
+    (tmp_path / "train.csv").write_text(
+        HEADER + "d1,files/p10/a.jpg,1,0,0,1\n\n" + '"d2\nx",files/p10/b.jpg,0,0,1,0\n' + "d3,files/p11/c.jpg,7,1,0,0\n"
+    )
+    with pytest.raises(TailsynthError, match=r"train.csv line 6 column 'Atelectasis' is '7'"):
+        scan_mimic_cxr_lt(tmp_path)
+
+
+def test_mimic_cxr_lt_splits_read_in_a_fixed_order(tmp_path):
+    """Record keys follow train, val, test whatever order data.split_files lists them in."""
+    small_cxr(tmp_path)
+    given = {"train": "train.csv", "val": "development.csv", "test": "test.csv"}
+    reordered = {k: given[k] for k in ("test", "val", "train")}
+    a, b = scan_mimic_cxr_lt(tmp_path, split_files=given), scan_mimic_cxr_lt(tmp_path, split_files=reordered)
+    assert [(r.key, r.image, r.split) for r in a.records] == [(r.key, r.image, r.split) for r in b.records]
+    assert [r.split for r in b.records] == ["train"] * 3 + ["val"] + ["test"] * 2
+    with pytest.raises(TailsynthError, match="data.split_files.val must be a CSV file name under data.root, got None"):
+        scan_mimic_cxr_lt(tmp_path, split_files={"train": "train.csv", "val": None, "test": "test.csv"})
+    with pytest.raises(TailsynthError, match="data.split_files must map train and test .* got 'train.csv'"):
+        scan_mimic_cxr_lt(tmp_path, split_files="train.csv")
 
 
 # ---------------------------------------------------------------- the prepare stage
@@ -329,5 +395,5 @@ def test_prepare_stage_mimic_cxr_lt_and_its_bad_input(tmp_path):
     bad.to_csv(root / "test.csv", index=False)
     proc = run_prepare(tmp_path, {"dataset": "mimic_cxr_lt", "root": str(root), "channels": 1, "size": 8})
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2 and len(errors) == 1 and "test.csv column 'Cardiomegaly' row 3" in errors[0]
+    assert proc.returncode == 2 and len(errors) == 1 and "test.csv line 3 column 'Cardiomegaly' is '0.5'" in errors[0]
     assert (tmp_path / "data/prepared/mimic_cxr_lt/manifest.csv").read_bytes() == before

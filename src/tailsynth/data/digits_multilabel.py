@@ -16,7 +16,8 @@ is head and the second half tail:
   pool canvases (train, val and pool-only), so the pool is balanced as in :mod:`digits`.
 
 Test canvases hold only the digits' test images, and train, val and pool canvases only the
-others, so no digit image is in both a training and a test canvas. Every draw comes from
+others, and each digit image goes into one canvas only, so no digit image is in two canvases
+(train and test, or train and val). Every draw comes from
 ``seed``; the counts above are exact.
 """
 
@@ -42,8 +43,8 @@ def multilabel_train_counts(num_labels: int, max_per_class: int, imbalance_ratio
         raise ValueError("a multi-label dataset needs at least 2 labels")
     if imbalance_ratio < 6:
         raise TailsynthError(
-            f"data.imbalance_ratio must be >= 6 for digits_multilabel (its tail starts at 3x max_per_class / "
-            f"ratio, below the head's last count, max_per_class / 2), got {imbalance_ratio}"
+            f"data.imbalance_ratio must be >= 6 for digits_multilabel, so that the tail's first count "
+            f"(3 x max_per_class / ratio) stays below the head's last (max_per_class / 2); got {imbalance_ratio}"
         )
     head, tail = (num_labels + 1) // 2, num_labels // 2
     smallest = max_per_class / imbalance_ratio
@@ -113,6 +114,13 @@ def load_digits_multilabel(
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(num)]
     if min(len(ix) for ix in per_class) <= test_per_class:
         raise TailsynthError(f"data.test_per_class ({test_per_class}) leaves no digit images for training")
+    rest = min(len(ix) for ix in per_class) - test_per_class
+    if max_per_class + val_per_class > rest:
+        # each label shows in max_per_class + val_per_class train, val and pool canvases, one digit image each
+        raise TailsynthError(
+            f"data.max_per_class + data.val_per_class ({max_per_class} + {val_per_class}) exceeds the {rest} digit "
+            f"images the smallest class has outside test; lower one of them (or data.test_per_class)"
+        )
     # test canvases draw from each class's first test_per_class images, the others from the rest
     sources = {"test": [ix[:test_per_class] for ix in per_class], "rest": [ix[test_per_class:] for ix in per_class]}
     train = multilabel_train_counts(num, max_per_class, imbalance_ratio)
@@ -129,9 +137,8 @@ def load_digits_multilabel(
         source = "test" if split == "test" else "rest"
         for label_set in canvas_labels(counts, split_rng):
             chosen = []
-            for k in label_set:  # the class's images in turn, cycled when a label shows more often
-                pool = sources[source][k]
-                chosen.append(x[pool[used[source][k] % len(pool)]])
+            for k in label_set:  # the class's images in turn: each digit image goes into one canvas
+                chosen.append(x[sources[source][k][used[source][k]]])
                 used[source][k] += 1
             cells = [int(c) for c in split_rng.permutation(CELLS)[: len(label_set)]]
             images.append(compose_canvas(chosen, cells, size))

@@ -11,15 +11,14 @@ Some releases of the MIMIC-CXR labels also carry blanks (the report does not men
 and -1 (the finding is uncertain). The policy, chosen to match the usual CheXpert-style training:
 a blank is 0 (not mentioned = absent); -1 follows ``data.uncertain``: ``zero`` (U-Zeros, the
 default), ``one`` (U-Ones) or ``refuse`` (an error naming the first uncertain cell). Anything else
-is an error naming the file, row and column. An image may have no positive finding at all.
+is an error naming the file, line and column. An image may have no positive finding at all.
 Only train images form the generator's pool.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
-
-import pandas as pd
 
 from tailsynth.data.manifest import resolve_inside
 from tailsynth.data.prepare import Record, Scan
@@ -28,17 +27,27 @@ from tailsynth.errors import TailsynthError
 DEFAULT_SPLIT_FILES = {"train": "train.csv", "val": "development.csv", "test": "test.csv"}
 ID_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition", "split")
 UNCERTAIN_POLICIES = ("zero", "one", "refuse")
+SPLITS = ("train", "val", "test")
 
 
 def _split_files(root: Path, split_files: dict | None) -> dict[str, Path]:
+    """Split -> existing label CSV, in the fixed order train, val, test (so record keys never depend
+    on the order the params list the splits in)."""
+    if split_files is not None and not isinstance(split_files, dict):
+        raise TailsynthError(
+            f"data.split_files must map train and test (and optionally val) to label CSVs, got {split_files!r}"
+        )
     given = split_files or DEFAULT_SPLIT_FILES
-    unknown = set(given) - {"train", "val", "test"}
+    unknown = set(given) - set(SPLITS)
     if unknown or not {"train", "test"} <= set(given):
         raise TailsynthError(
             f"data.split_files must map train and test (and optionally val) to label CSVs, got {sorted(given)}"
         )
     files = {}
-    for split, name in given.items():
+    for split in (s for s in SPLITS if s in given):
+        name = given[split]
+        if not isinstance(name, str) or not name.strip():
+            raise TailsynthError(f"data.split_files.{split} must be a CSV file name under data.root, got {name!r}")
         path = root / name
         if not path.is_file():
             if split == "val" and split_files is None:
@@ -48,27 +57,59 @@ def _split_files(root: Path, split_files: dict | None) -> dict[str, Path]:
     return files
 
 
-def finding_values(column: pd.Series, *, uncertain: str, where: str) -> list[int]:
-    """0/1 per row of one finding column (strings as read from the CSV), by the module's policy.
+def read_label_csv(file: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line, cells)]) of one label CSV; ``line`` is the file line the row starts on.
 
-    ``where`` names the file and column in errors; rows are counted as in the file (header = row 1).
+    Python's csv module rather than pandas so that line numbers stay exact past blank lines and quoted
+    line breaks, and so that every malformed file is a one-line error: not UTF-8, no header, an empty
+    or repeated column name, a row with more or fewer cells than the header, no rows.
     """
-    out = []
-    for i, raw in enumerate(column):
-        text = raw.strip()
-        if text in ("", "0", "0.0"):
-            out.append(0)
-        elif text in ("1", "1.0"):
-            out.append(1)
-        elif text in ("-1", "-1.0"):
-            if uncertain == "refuse":
-                raise TailsynthError(
-                    f"{where} row {i + 2} is -1 (uncertain); set data.uncertain to zero or one to train on it"
-                )
-            out.append(1 if uncertain == "one" else 0)
-        else:
-            raise TailsynthError(f"{where} row {i + 2} is {raw!r}; finding columns take 1, 0, -1 or blank")
-    return out
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, strict=True)
+            header = [c.strip() for c in next(reader, [])]
+            while True:
+                line = reader.line_num + 1
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    break
+                if cells:  # a blank line reads as []
+                    rows.append((line, cells))
+    except UnicodeDecodeError as exc:
+        raise TailsynthError(f"{file} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise TailsynthError(f"{file} line {reader.line_num}: not valid CSV ({exc})") from None
+    if not header:
+        raise TailsynthError(f"{file} is empty; it needs a header (image path and finding columns) and rows")
+    if "" in header:
+        raise TailsynthError(f"{file} column {header.index('') + 1} of the header has no name; name every column")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise TailsynthError(f"{file} header repeats columns {repeated}; each column may appear once")
+    for line, cells in rows:
+        if len(cells) != len(header):
+            raise TailsynthError(
+                f"{file} line {line} has {len(cells)} cells but the header has {len(header)}; fix that row"
+            )
+    if not rows:
+        raise TailsynthError(f"{file} has a header but no rows; add the images or drop the file from data.split_files")
+    return header, rows
+
+
+def finding_value(raw: str, *, uncertain: str, where: str) -> int:
+    """0 or 1 for one finding cell by the module's policy; ``where`` names file, line and column in errors."""
+    text = raw.strip()
+    if text in ("", "0", "0.0"):
+        return 0
+    if text in ("1", "1.0"):
+        return 1
+    if text in ("-1", "-1.0"):
+        if uncertain == "refuse":
+            raise TailsynthError(f"{where} is -1 (uncertain); set data.uncertain to zero or one to train on it")
+        return 1 if uncertain == "one" else 0
+    raise TailsynthError(f"{where} is {raw!r}; finding columns take 1, 0, -1 or blank")
 
 
 def scan_mimic_cxr_lt(
@@ -86,14 +127,15 @@ def scan_mimic_cxr_lt(
         raise TailsynthError(f"data.uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {uncertain!r}")
     findings: list[str] | None = None
     records = []
+    seen: dict[Path, str] = {}
     for split, file in _split_files(root, split_files).items():
-        df = pd.read_csv(file, dtype=str, keep_default_na=False)
-        if path_column not in df.columns:
+        header, rows = read_label_csv(file)
+        if path_column not in header:
             raise TailsynthError(
                 f"{file} has no image path column {path_column!r}; set data.path_column (columns: "
-                f"{', '.join(df.columns[:8])}{', ...' if len(df.columns) > 8 else ''})"
+                f"{', '.join(header[:8])}{', ...' if len(header) > 8 else ''})"
             )
-        columns = [c for c in df.columns if c != path_column and c not in ID_COLUMNS]
+        columns = [c for c in header if c != path_column and c not in ID_COLUMNS]
         if findings is None:
             if not columns:
                 raise TailsynthError(f"{file} has no finding columns besides {path_column} and the ids")
@@ -103,20 +145,29 @@ def scan_mimic_cxr_lt(
                 f"{file} lists findings {sorted(set(columns) ^ set(findings))} that the train file does not "
                 "(or the reverse); every split file needs the same finding columns"
             )
-        values = {c: finding_values(df[c], uncertain=uncertain, where=f"{file} column {c!r}") for c in findings}
-        for i, rel in enumerate(df[path_column]):
-            where = f"{file} row {i + 2}"
-            if not rel.strip():
-                raise TailsynthError(f"{where} has an empty {path_column!r}")
+        path_at = header.index(path_column)
+        finding_at = [header.index(c) for c in findings]
+        for line, cells in rows:
+            where = f"{file} line {line}"
+            rel = cells[path_at].strip()
+            if not rel:
+                raise TailsynthError(f"{where} has an empty {path_column!r}; fill it in")
             try:
-                path = resolve_inside(root, rel.strip())
+                path = resolve_inside(root, rel)
             except TailsynthError:
                 raise TailsynthError(
                     f"{where} names {rel!r}, which points outside {root}; use paths relative to it"
                 ) from None
             if not path.is_file():
                 raise TailsynthError(f"data.root: image {path} ({where}) not found")
-            labels = tuple(k for k, c in enumerate(findings) if values[c][i])
+            if path in seen:
+                raise TailsynthError(f"{where} lists {rel!r} again (also at {seen[path]}); list each image once")
+            seen[path] = where
+            labels = tuple(
+                k
+                for k, (c, at) in enumerate(zip(findings, finding_at, strict=True))
+                if finding_value(cells[at], uncertain=uncertain, where=f"{where} column {c!r}")
+            )
             records.append(
                 Record(
                     key=f"{len(records):07d}",
