@@ -4,8 +4,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes, read_manifest, select_rows
+from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
+from tailsynth.data.targets import load_targets, rows_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.synth.plan import read_synthetic
@@ -18,8 +20,9 @@ AUGMENTS = ("none", "weak", "strong")
 
 @dataclass
 class RetrainData:
-    """Real train images (+ synthetic) as uint8 (N, C, H, W) with ``labels`` (N,), ``groups`` (N,) or None,
-    and the augmentation that retrain applies to them."""
+    """Real train images (+ synthetic) as uint8 (N, C, H, W) with ``labels`` (class indices (N,), or
+    multi-hot (N, K) rows on multi-label data), ``groups`` (N,) or None, and the augmentation that
+    retrain applies to them."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -40,14 +43,17 @@ def retrain_data(params: dict, folder: Path, method: str, synthetic: Path | None
     p = params["retrain"]
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
-    images, labels = load_split(folder, "train", channels)
+    images, labels = load_targets(folder, "train", channels, len(classes))
     n_real = len(labels)
     groups = train_groups(folder)
     augment = params.get("augment", {})
     if synthetic is not None:
         rows = read_synthetic(synthetic)
         images = torch.cat([images, load_rows(synthetic, rows, channels)])
-        labels = torch.cat([labels, torch.tensor(rows["label"].tolist(), dtype=torch.int64)])
+        added = rows_targets(rows, len(classes))
+        if labels.ndim == 2 and added.ndim == 1:  # on multi-label data, an image made for class c shows c only
+            added = F.one_hot(added, len(classes)).float()
+        labels = torch.cat([labels, added])
         # The same per-image augmentation (and its params) as that baseline, so the comparison isolates
         # what the synthetic images add.
         name = p["augment_generated"]
@@ -81,7 +87,7 @@ def retrain_models(params: dict, data: RetrainData):
 
 def train_groups(folder: Path) -> torch.Tensor | None:
     """Integer group codes (N,) of the train rows (in load_split's order), or None without a group column."""
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, multilabel=True)
     if "group" not in manifest:
         return None
     names = select_rows(manifest, "train")["group"].astype(str)

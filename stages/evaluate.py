@@ -1,5 +1,8 @@
 """Stage evaluate@<method>: test accuracy (mean ± std over seeds) and, for synthetic sets, their quality
-(oracle-based) and how hard they are for the baseline classifier (the feedback criteria)."""
+(oracle-based) and how hard they are for the baseline classifier (the feedback criteria).
+
+On multi-label data: test mAP (overall, per shot bucket, head, tail; mean ± std over seeds) and
+per-class AP, from the sigmoid scores."""
 
 import sys
 from pathlib import Path
@@ -8,13 +11,15 @@ import pandas as pd
 import torch
 from _guide import guide_criteria
 
-from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes, read_manifest, select_rows
+from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
+from tailsynth.data.targets import load_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, write_json
 from tailsynth.methods import registry
 from tailsynth.metrics.accuracy import evaluate_runs
 from tailsynth.metrics.coverage import class_density_coverage
 from tailsynth.metrics.frechet import frechet_distance, inception_features, inception_weights_path
+from tailsynth.metrics.multilabel import evaluate_multilabel_runs
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.synth.plan import read_synthetic
 
@@ -31,12 +36,24 @@ def main(method: str) -> None:
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
-    test_x, test_y = load_split(folder, "test", channels)
+    test_x, test_y = load_targets(folder, "test", channels, len(classes))
     test_x = test_x.float() / 255
+    if test_y.ndim == 2 and m.generated:
+        raise TailsynthError(
+            f"evaluate@{method}: synthetic sets on multi-label data are not scored yet (their oracle "
+            "metrics take single-label sets); evaluate the training-time methods"
+        )
     runs = sorted(Path("models/retrain", method).glob("seed*"), key=lambda p: int(p.name[4:]))
     if not runs:
         raise TailsynthError(f"no retrained models in models/retrain/{method}; run retrain@{method} first")
-    predictions = [predict(load_classifier(run, device()), test_x)[0].argmax(1).numpy() for run in runs]
+    logits = [predict(load_classifier(run, device()), test_x)[0] for run in runs]
+    if test_y.ndim == 2:
+        result, per_seed = evaluate_multilabel_runs([x.sigmoid().numpy() for x in logits], test_y.numpy(), classes)
+        result["n_synthetic"] = 0
+        log.info("evaluate %s: mAP %s", method, {k: round(v, 4) for k, v in result["map"].items()})
+        write_results(method, runs, per_seed, result)
+        return
+    predictions = [x.argmax(1).numpy() for x in logits]
     manifest = read_manifest(folder)  # a dataset with groups (contexts) gets worst- and average-group accuracy
     groups = select_rows(manifest, "test")["group"].astype(str).to_numpy() if "group" in manifest else None
     result, per_seed = evaluate_runs(predictions, test_y.numpy(), classes, groups)
@@ -50,6 +67,11 @@ def main(method: str) -> None:
             result.update(synthetic_quality(images, labels, test_x, test_y, density_k))
             result.update(guide_criteria(images, labels, folder, channels, len(classes)))
     log.info("evaluate %s: %s", method, {k: round(v, 4) for k, v in result["acc"].items()})
+    write_results(method, runs, per_seed, result)
+
+
+def write_results(method: str, runs: list[Path], per_seed: list[dict], result: dict) -> None:
+    """metrics/evaluate/<method>_seeds.csv (a row per seed: what paired comparisons use) and <method>.json."""
     out = Path("metrics/evaluate")
     seeds = pd.DataFrame([{"seed": int(run.name[4:]), **acc} for run, acc in zip(runs, per_seed, strict=True)])
     atomic_write_text(out / f"{method}_seeds.csv", seeds.to_csv(index=False))

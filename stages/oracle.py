@@ -1,9 +1,11 @@
 """Stage oracle: an independent classifier, used only to judge label consistency of synthetic sets."""
 
-from tailsynth.data.manifest import image_shape, load_split, read_classes
+from tailsynth.data.manifest import image_shape, read_classes
+from tailsynth.data.targets import load_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.methods.augment import weak_transform
+from tailsynth.metrics.average_precision import mean_average_precision
 from tailsynth.models.classifier import load_classifier, predict, save_classifier
 
 from _common import load_params, log, prepared_dir, require, stage
@@ -20,7 +22,7 @@ def main() -> None:
     channels, _ = image_shape(folder)
     classes = read_classes(folder)
     if p["source"] == "train":
-        images, labels = load_split(folder, p["train_split"], channels, "oracle.train_split")
+        images, labels = load_targets(folder, p["train_split"], channels, len(classes), "oracle.train_split")
         model = fit_from_params(
             p, images, labels, len(classes), seed=p["seed"], transform=weak_transform(), where="oracle"
         )
@@ -32,12 +34,19 @@ def main() -> None:
             raise TailsynthError(f"oracle.model {p['model']} expects {got}, the prepared dataset has {want}")
     else:
         raise TailsynthError(f"unknown oracle.source {p['source']!r}; use train or path")
-    test_x, test_y = load_split(folder, "test", channels)
-    acc = float((predict(model, test_x.float() / 255)[0].argmax(1) == test_y).float().mean())
-    log.info("oracle test accuracy %.4f", acc)
+    test_x, test_y = load_targets(folder, "test", channels, len(classes))
+    logits = predict(model, test_x.float() / 255)[0]
+    if test_y.ndim == 2:  # multi-label: macro mAP; chance is the mAP of random scores, the mean prevalence
+        shown = test_y.sum(0) > 0
+        score = mean_average_precision(test_y.numpy(), logits.sigmoid().numpy())
+        result = {"test_map": score, "n_test": int(len(test_y)), "chance": float(test_y.mean(0)[shown].mean())}
+    else:
+        acc = float((logits.argmax(1) == test_y).float().mean())
+        result = {"test_acc": acc, "n_test": int(len(test_y)), "chance": float(1 / len(classes))}
+    log.info("oracle on test: %s", result)
     with atomic_dir(OUT) as tmp:
         save_classifier(model, tmp, extra={"role": "oracle"})
-    write_json("metrics/oracle.json", {"test_acc": acc, "n_test": int(len(test_y)), "chance": float(1 / len(classes))})
+    write_json("metrics/oracle.json", result)
 
 
 if __name__ == "__main__":

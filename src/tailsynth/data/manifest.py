@@ -99,8 +99,8 @@ def split_labels(cell) -> list[int]:
 def read_manifest(folder: str | Path, *, multilabel: bool = False) -> pd.DataFrame:
     """Read and check ``folder/manifest.csv``.
 
-    A multi-label manifest (a ``labels`` column) is refused unless ``multilabel``: the stages that
-    train, generate and evaluate take single-label data only, so far.
+    A multi-label manifest (a ``labels`` column) is refused unless ``multilabel``: only the stages that
+    read targets through :mod:`tailsynth.data.targets` take multi-label data, so far.
     """
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -113,8 +113,8 @@ def read_manifest(folder: str | Path, *, multilabel: bool = False) -> pd.DataFra
         )
     if "labels" in df.columns and not multilabel:
         raise TailsynthError(
-            f"{path} is multi-label (a labels column): this stage takes single-label data; multi-label "
-            "training, generation and evaluation are not built yet, only the prepare stage reads it"
+            f"{path} is multi-label (a labels column): this stage takes single-label data; on multi-label data "
+            "only prepare, oracle, classifier and the training-time methods' retrain and evaluate run, so far"
         )
     return df
 
@@ -173,6 +173,6 @@ def image_shape(folder: str | Path) -> tuple[int, int]:
     """(channels, size) of the prepared images, read from the first one."""
     from PIL import Image
 
-    df = read_manifest(folder)
+    df = read_manifest(folder, multilabel=True)  # the images' shape, whatever their labels
     with Image.open(resolve_inside(folder, df["image"].iloc[0])) as im:
         return (1 if im.mode == "L" else 3), im.size[0]

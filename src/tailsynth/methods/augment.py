@@ -175,17 +175,22 @@ def _beta(gen: torch.Generator, alpha: float) -> float:
     return g1 / (g1 + g2)
 
 
+def _targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    # class indices (N,) -> one-hot rows; multi-hot rows (N, K) of multi-label data as they are
+    return F.one_hot(y, num_classes).float() if y.ndim == 1 else y.float()
+
+
 def mixup(num_classes: int, alpha: float = 0.2):
     """MixUp (Zhang et al. 2018): convex mixing of a batch with its shuffled self and their labels.
 
-    ``x`` (N, C, H, W) and ``y`` (N,) on any device (the generator is a CPU one); returns the
-    mixed batch and soft labels (N, K) on their device.
+    ``x`` (N, C, H, W) and ``y`` (N,) class indices or (N, K) multi-hot rows, on any device (the
+    generator is a CPU one); returns the mixed batch and soft labels (N, K) on their device.
     """
 
     def apply(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
         lam = _beta(gen, alpha)
         perm = torch.randperm(len(x), generator=gen).to(x.device)
-        target = F.one_hot(y, num_classes).float()
+        target = _targets(y, num_classes)
         return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
 
     return apply
@@ -194,7 +199,8 @@ def mixup(num_classes: int, alpha: float = 0.2):
 def cutmix(num_classes: int, alpha: float = 1.0):
     """CutMix (Yun et al. 2019): paste a box from a shuffled batch; labels mixed by box area.
 
-    ``x`` (N, C, H, W) and ``y`` (N,) on any device; returns the batch and soft labels (N, K) there.
+    ``x`` (N, C, H, W) and ``y`` (N,) class indices or (N, K) multi-hot rows, on any device; returns
+    the batch and soft labels (N, K) there.
     """
 
     def apply(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
@@ -208,7 +214,7 @@ def cutmix(num_classes: int, alpha: float = 1.0):
         x = x.clone()
         x[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
         lam = 1 - (bottom - top) * (right - left) / (h * w)
-        target = F.one_hot(y, num_classes).float()
+        target = _targets(y, num_classes)
         return x, lam * target + (1 - lam) * target[perm]
 
     return apply

@@ -32,7 +32,19 @@ class FitConfig:
 
 
 def class_balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-sample weights 1/count(label): every class is drawn equally often."""
+    """Per-sample weights: 1/count(label) for class indices (N,), so every class is drawn equally often.
+
+    For multi-hot ``labels`` (N, K), the sum of 1/count(c) over the sample's labels c: the
+    class-aware re-sampling of Wu et al. 2020 ("Distribution-Balanced Loss"), which picks a label
+    uniformly, then one of its images uniformly, so that every label is picked equally often (an
+    image with co-occurring labels is drawn for each of them). Samples with no label (e.g. "No
+    Finding") form one more label of their own.
+    """
+    if labels.ndim == 2:
+        positive = labels > 0
+        counts = positive.sum(0).clamp_min(1).float()
+        empty = ~positive.any(1)
+        return torch.where(empty, 1.0 / empty.sum().clamp_min(1), (positive.float() / counts).sum(1))
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
     return 1.0 / counts[labels]
 
@@ -96,7 +108,10 @@ def fit_classifier(
     log_every: int = 1,
     groups: torch.Tensor | None = None,
 ) -> Classifier:
-    """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1]) and ``labels`` (N,).
+    """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1]) and ``labels``: class
+    indices (N,), trained with softmax cross-entropy, or multi-hot rows (N, K), trained with
+    binary cross-entropy per class (multi-label; ``balanced`` then re-samples by label, see
+    :func:`class_balanced_weights`; group balancing needs class indices).
 
     ``transform`` augments one image (an :class:`~tailsynth.methods.augment.Augmentation` runs
     on the whole batch at once, on ``device``); ``batch_transform`` (CutMix, MixUp) maps a batch
@@ -108,6 +123,11 @@ def fit_classifier(
     """
     torch.manual_seed(seed)
     k = model.config["num_classes"]
+    multilabel = labels.ndim == 2
+    if multilabel and (labels.shape[1] != k or config.balanced == "group" or config.label_smoothing):
+        raise ValueError(
+            f"multi-label targets {tuple(labels.shape)} need a {k}-class model, no group balancing, no label smoothing"
+        )
     draws = draw_indices(labels, k, config, torch.Generator().manual_seed(seed), groups)
     # channels_last (NHWC): oneDNN's CPU convolutions run faster in it (about 1.3x on the retrain step).
     model.to(device, memory_format=torch.channels_last).train()
@@ -134,11 +154,14 @@ def fit_classifier(
         if batch_transform is not None:
             x, target = batch_transform(x, y, batch_gen)
         else:
-            target = F.one_hot(y, k).float()
+            target = y.float() if multilabel else F.one_hot(y, k).float()
         if config.label_smoothing:
             target = target * (1 - config.label_smoothing) + config.label_smoothing / k
         x = x.contiguous(memory_format=torch.channels_last)
-        loss = torch.sum(-target * F.log_softmax(model(x), dim=1), dim=1).mean()
+        if multilabel:  # mean over classes and images, as torch's BCE-with-logits
+            loss = F.binary_cross_entropy_with_logits(model(x), target)
+        else:
+            loss = torch.sum(-target * F.log_softmax(model(x), dim=1), dim=1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

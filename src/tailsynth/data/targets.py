@@ -1,0 +1,52 @@
+"""Training targets of a prepared split: class indices (single-label) or multi-hot rows (multi-label).
+
+A stage that trains or evaluates on either kind of data reads its split with :func:`load_targets`
+and branches on ``targets.ndim``: 1 for class indices (N,), 2 for multi-hot (N, K) rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tailsynth.data.manifest import load_rows, read_manifest, select_rows, split_labels
+
+
+def is_multilabel(manifest: pd.DataFrame) -> bool:
+    """True for a multi-label manifest (a ``labels`` column instead of ``label``)."""
+    return "labels" in manifest.columns
+
+
+def multi_hot(cells, num_classes: int) -> torch.Tensor:
+    """float32 (N, K) 0/1 rows from ``labels`` cells (``|``-joined class indices, blank for none).
+
+    A class index outside ``0 .. num_classes - 1`` is a ValueError (the manifest and classes.json disagree).
+    """
+    out = torch.zeros(len(cells), num_classes, dtype=torch.float32)
+    for i, cell in enumerate(cells):
+        for k in split_labels(cell):
+            if not 0 <= k < num_classes:
+                raise ValueError(f"label {k} outside the {num_classes} classes")
+            out[i, k] = 1.0
+    return out
+
+
+def rows_targets(rows: pd.DataFrame, num_classes: int) -> torch.Tensor:
+    """The targets of manifest ``rows``: int64 (N,) from ``label`` or float32 multi-hot (N, K) from ``labels``."""
+    if is_multilabel(rows):
+        return multi_hot(rows["labels"].tolist(), num_classes)
+    return torch.from_numpy(rows["label"].to_numpy(dtype=np.int64, copy=True))
+
+
+def load_targets(
+    folder: str | Path, split: str | list[str], channels: int, num_classes: int, param: str = "split"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and their targets (see :func:`rows_targets`) of the rows ``split`` selects.
+
+    Unlike :func:`tailsynth.data.manifest.load_split`, a multi-label folder is accepted.
+    """
+    rows = select_rows(read_manifest(folder, multilabel=True), split, param)
+    return load_rows(folder, rows, channels), rows_targets(rows, num_classes)
