@@ -28,7 +28,7 @@ def main() -> None:
         raise TailsynthError(f"unknown generator.source {p['source']!r}; use train or pretrained")
     folder = prepared_dir(params)
     classes = read_classes(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, multilabel=True)  # a multi-label image is learnt with all its labels named
     rows = select_rows(manifest, p["train_split"], "generator.train_split")
     if len(rows) == 0:
         raise TailsynthError(f"generator.train_split {p['train_split']!r} selects no images in {folder}")

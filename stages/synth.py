@@ -23,7 +23,7 @@ def main(method: str) -> None:
     spec = {"mode": m.generation, **(p.get(method) or {})}
     check_spec(method, spec, p["steps"])
     folder = prepared_dir(params)
-    classes, manifest = read_classes(folder), read_manifest(folder)
+    classes, manifest = read_classes(folder), read_manifest(folder, multilabel=True)
     channels, size = image_shape(folder)
     rows = plan_generated(
         method,

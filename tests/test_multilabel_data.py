@@ -359,14 +359,14 @@ def test_prepare_stage_writes_digits_multilabel(tmp_path):
     train = df[df["split"] == "train"]
     assert label_counts([split_labels(v) for v in train["labels"]]) == [c["train_count"] for c in classes]
     assert [c["bucket"] for c in classes] == ["many"] * 4 + ["medium"] + ["few"] * 5
-    # the generator takes single-label data only, so far: one line, exit 2
+    # the few-shot stages take single-label data only: one line, exit 2
     env = {**os.environ, "TAILSYNTH_PARAMS": str(tmp_path / "params.yaml"), "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages/generator.py")], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, str(ROOT / "stages/fewshot_episodes.py")], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "is multi-label (a labels column)" in errors[0], proc.stderr
-    assert not (tmp_path / "models").exists()
+    assert not (tmp_path / "data/fewshot").exists()
 
 
 def test_read_manifest_refuses_multilabel_unless_asked(tmp_path):

@@ -2,13 +2,17 @@
 MixUp/CutMix on multi-hot rows, and mAP overall / per bucket / head / tail over seeds."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from tailsynth.data.groups import every_prompt, image_prompts
 from tailsynth.data.prepare import Record, write_prepared
 from tailsynth.data.targets import load_targets, multi_hot
+from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import cutmix, mixup
+from tailsynth.methods.generated import plan_generated
 from tailsynth.metrics.multilabel import bucket_map, evaluate_multilabel_runs
 from tailsynth.models.classifier import build_classifier, predict
 from tailsynth.train.fit import FitConfig, class_balanced_weights, draw_indices, fit_classifier
@@ -146,3 +150,46 @@ def test_evaluate_multilabel_runs_means_stds_and_per_run_values():
     assert result["n_seeds"] == 3 and set(result["per_class_ap"]) == {"a", "b", "c", "d"}
     with pytest.raises(ValueError, match="no runs"):
         evaluate_multilabel_runs([], targets, CLASSES)
+
+
+# ---------------------------------------------------------------- generation on multi-label data
+
+DIGITS = [
+    {"index": i, "name": n, "prompt_name": n, "bucket": "few" if i > 1 else "many"}
+    for i, n in enumerate(("zero", "one", "two"))
+]
+
+
+def test_multilabel_images_are_learnt_with_every_label_named():
+    rows = pd.DataFrame({"image": ["a", "b", "c"], "labels": ["0|2", "1", np.nan], "split": ["train"] * 3})
+    assert image_prompts("a photo of a {name}", DIGITS, rows) == ["a photo of a zero and two", "a photo of a one", ""]
+    # every prompt: each class alone (what txt2img asks for), then each label set present, once
+    assert every_prompt("a photo of a {name}", DIGITS, rows) == [
+        "a photo of a zero",
+        "a photo of a one",
+        "a photo of a two",
+        "a photo of a zero and two",
+    ]
+    with pytest.raises(TailsynthError, match="uses {group}"):
+        image_prompts("a {name}, {group}", DIGITS, rows)
+
+
+def test_generated_plans_on_multilabel_data_carry_label_sets():
+    manifest = pd.DataFrame(
+        {
+            "image": ["a.png", "b.png", "c.png", "d.png"],
+            "labels": ["0|2", "2", "1", "2"],
+            "split": ["train", "train", "train", "test"],
+        }
+    )
+    kw = {"per_class": 4, "buckets": ["few"], "prompt_template": "a {name}", "steps": 10, "cfg": 2.0}
+    kw |= {"scheduler": "ddim", "seed": 0}
+    txt = plan_generated("txt2img", {"mode": "txt2img"}, DIGITS, manifest, **kw)
+    assert [(r["target"], r["label"], r["labels"], r["prompt"]) for r in txt] == [(2, 2, "2", "a two")] * 4
+    img = plan_generated("img2img_low", {"mode": "img2img", "r": 0.5}, DIGITS, manifest, **kw)
+    # sources: the train images showing label 2 (a.png with 0 and 2, b.png with 2 alone; never the test one)
+    assert sorted({r["source_image"] for r in img}) == ["a.png", "b.png"]
+    assert all(r["labels"] == {"a.png": "0|2", "b.png": "2"}[r["source_image"]] for r in img)
+    # on single-label data the plan is as before: no labels column
+    single = manifest.drop(columns="labels").assign(label=[0, 2, 1, 2])
+    assert all("labels" not in r for r in plan_generated("txt2img", {"mode": "txt2img"}, DIGITS, single, **kw))

@@ -1,8 +1,10 @@
-"""Groups (contexts) of a dataset with a ``group`` column, and which context each synthetic image names.
+"""The prompt of each image: groups (contexts) of a dataset with a ``group`` column, which context each
+synthetic image names, and the label sets of multi-label images.
 
 Used when the prompt template names the context (``generator.prompt: "a photo of a {name}, {group}"``):
 the generator learns each image with its own context's prompt, and every generated row is given a
-context of its class, filling the rarest (class, context) cells of the train split first.
+context of its class, filling the rarest (class, context) cells of the train split first. A
+multi-label image is learnt with a prompt naming every label it shows (see :func:`label_set_info`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tailsynth.data.class_names import prompt_for, uses_group
+from tailsynth.data.manifest import split_labels
 from tailsynth.errors import TailsynthError
 
 
@@ -70,9 +73,27 @@ def row_prompts(template: str, class_info: dict, manifest: pd.DataFrame, n: int)
     return [(prompt_for(template, class_info, g), g) for g in row_groups(manifest, int(class_info["index"]), n)]
 
 
+def label_set_info(classes: list[dict], labels: list[int]) -> dict:
+    """A class-like record for a multi-label image's label set, whose ``prompt_name`` names every label in
+    class order joined by "and" (labels 3 and 7 of the digits: "three and seven"), for :func:`prompt_for`."""
+    chosen = [classes[k] for k in sorted(set(labels))]
+    return {
+        "name": " and ".join(c["name"] for c in chosen),
+        "prompt_name": " and ".join(c["prompt_name"] for c in chosen),
+    }
+
+
+def _label_set_prompt(template: str, classes: list[dict], cell) -> str:
+    # an image with no label (e.g. "No Finding" left implicit) is learnt with the empty, unconditional prompt
+    labels = split_labels(cell)
+    return prompt_for(template, label_set_info(classes, labels)) if labels else ""
+
+
 def image_prompts(template: str, classes: list[dict], rows: pd.DataFrame) -> list[str]:
-    """The prompt of each manifest row (``label`` and, when ``template`` names it, ``group``): what the
-    embedded generators learn each real image with."""
+    """The prompt of each manifest row (``label`` and, when ``template`` names it, ``group``; or a
+    multi-label row's ``labels``, all named): what the embedded generators learn each real image with."""
+    if "labels" in rows:
+        return [_label_set_prompt(template, classes, cell) for cell in rows["labels"]]
     if not uses_group(template):
         by_class = [prompt_for(template, c) for c in classes]
         return [by_class[int(y)] for y in rows["label"]]
@@ -83,7 +104,12 @@ def image_prompts(template: str, classes: list[dict], rows: pd.DataFrame) -> lis
 
 def every_prompt(template: str, classes: list[dict], manifest: pd.DataFrame) -> list[str]:
     """Every prompt the pipeline can give the generator: one per class, or with ``{group}`` one per class
-    and group of :func:`class_groups` (so a tokenizer built from them knows every word)."""
+    and group of :func:`class_groups` (so a tokenizer built from them knows every word); on multi-label
+    data, one per class and one per label set the manifest holds."""
+    if "labels" in manifest:
+        own = [prompt_for(template, c) for c in classes]
+        sets = sorted({str(cell) for cell in manifest["labels"] if split_labels(cell)})
+        return list(dict.fromkeys([*own, *(_label_set_prompt(template, classes, cell) for cell in sets)]))
     if not uses_group(template):
         return [prompt_for(template, c) for c in classes]
     groups = class_groups(manifest)

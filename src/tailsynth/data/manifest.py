@@ -114,7 +114,8 @@ def read_manifest(folder: str | Path, *, multilabel: bool = False) -> pd.DataFra
     if "labels" in df.columns and not multilabel:
         raise TailsynthError(
             f"{path} is multi-label (a labels column): this stage takes single-label data; on multi-label data "
-            "only prepare, oracle, classifier and the training-time methods' retrain and evaluate run, so far"
+            "prepare, generator, generator_eval, oracle, classifier, synth@txt2img/img2img_* and the retrain and "
+            "evaluate of those and the training-time methods run, so far"
         )
     return df
 

@@ -34,6 +34,13 @@ def multi_hot(cells, num_classes: int) -> torch.Tensor:
     return out
 
 
+def shows_class(rows: pd.DataFrame, k: int) -> pd.Series:
+    """Boolean mask of the manifest ``rows`` that show class ``k`` (``label == k``, or ``k`` among ``labels``)."""
+    if is_multilabel(rows):
+        return rows["labels"].map(lambda cell: k in split_labels(cell)).astype(bool)
+    return rows["label"] == k
+
+
 def rows_targets(rows: pd.DataFrame, num_classes: int) -> torch.Tensor:
     """The targets of manifest ``rows``: int64 (N,) from ``label`` or float32 multi-hot (N, K) from ``labels``."""
     if is_multilabel(rows):

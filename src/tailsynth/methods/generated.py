@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from tailsynth.data.groups import row_prompts
+from tailsynth.data.manifest import join_labels, split_labels
+from tailsynth.data.targets import is_multilabel, shows_class
 from tailsynth.errors import TailsynthError
 from tailsynth.seeding import derive_seed
 
@@ -86,6 +88,10 @@ def plan_generated(
     order; ``source_hashes`` maps a source path to a digest of its content (it enters the row
     key, so a changed dataset never reuses an image). Seeds derive from (``seed``, method,
     target, index within target).
+
+    On multi-label data (a ``labels`` column) every row also gets ``labels``: the target alone for
+    txt2img (its prompt names only the target), the source image's own label set for img2img (its
+    sources are the train images showing the target, whose other labels the image keeps).
     """
     check_spec(method, spec, steps)
     if per_class < 1:
@@ -95,9 +101,11 @@ def plan_generated(
         raise TailsynthError(f"synth.buckets {buckets} selects no class; no class has that shot bucket")
     rows = []
     train = manifest[manifest["split"] == "train"]
+    multilabel = is_multilabel(manifest)
+    label_sets = dict(zip(train["image"], train["labels"], strict=True)) if multilabel else {}
     for c in targets:
         k = c["index"]
-        sources = train.loc[train["label"] == k, "image"].tolist()
+        sources = train.loc[shows_class(train, k), "image"].tolist()
         if spec["mode"] == "img2img" and not sources:
             raise TailsynthError(f"class {c['name']!r} has no train image to use as img2img source")
         order = np.random.default_rng(derive_seed(seed, method, k, "sources")).permutation(len(sources))
@@ -118,5 +126,9 @@ def plan_generated(
                 src = sources[order[j % len(sources)]]
                 row.update(source_image=src, source_label=k, r=float(spec["r"]))
                 row["source_hash"] = (source_hashes or {}).get(src, "")
+            if multilabel:
+                row["labels"] = join_labels(
+                    split_labels(label_sets[row["source_image"]]) if row["source_image"] else [k]
+                )
             rows.append(row)
     return rows
