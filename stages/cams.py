@@ -4,6 +4,7 @@ classifier C, in the latent index's order (data/fusion/cams.safetensors)."""
 import torch
 from safetensors.torch import save
 
+from tailsynth.data.manifest import split_labels
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_bytes
 from tailsynth.methods.fusion.cams import cam_maps
@@ -25,7 +26,8 @@ def main() -> None:
         raise TailsynthError(f"fusion.cams.batch_size must be a whole number >= 1, got {batch!r}")
     models = load_models(MODELS, device())
     index, latents = load_latents(LATENTS)
-    labels = index["label"].tolist()
+    # grad-cam wants a target per sample and EigenCAM ignores it: a multi-label sample's is its first label
+    labels = index["label"].tolist() if "label" in index else [(split_labels(v) or [0])[0] for v in index["labels"]]
     maps = []
     for start in range(0, len(latents), batch):
         with torch.no_grad():

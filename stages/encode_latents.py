@@ -30,7 +30,7 @@ def main() -> None:
     batch_size = whole_number(e["batch_size"], "fusion.encode.batch_size", 1)
     shard_size = whole_number(e["shard_size"], "fusion.encode.shard_size", 1)
     folder = prepared_dir(params)
-    rows = select_rows(read_manifest(folder), p["train_split"], "fusion.train_split")
+    rows = select_rows(read_manifest(folder, multilabel=True), p["train_split"], "fusion.train_split")
     channels, _ = image_shape(folder)
     seed = whole_number(e["seed"], "fusion.encode.seed")
     # after the param checks: diffusers takes seconds to import

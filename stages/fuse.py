@@ -11,6 +11,7 @@ from tailsynth.methods.fusion.fuse import (
     check_label_policy,
     class_thresholds,
     fuse_latents,
+    fused_labels,
     plan_pairs,
     tail_classes,
 )
@@ -30,7 +31,7 @@ def main() -> None:
     p = params["fusion"]
     folder = prepared_dir(params)
     classes = read_classes(folder)
-    policy = check_label_policy(p["labels"], multilabel="labels" in read_manifest(folder))
+    policy = check_label_policy(p["labels"], multilabel="labels" in read_manifest(folder, multilabel=True))
     if not isinstance(p["batch_size"], int) or p["batch_size"] < 1:
         raise TailsynthError(f"fusion.batch_size must be a whole number >= 1, got {p['batch_size']!r}")
     targets = tail_classes(classes, buckets=p["buckets"], names=p["tail_classes"])
@@ -55,6 +56,8 @@ def main() -> None:
     fused, shares = fuse_latents(models, latents, maps, pairs, p["batch_size"])
     pairs["tail_share"] = shares
     pairs["labels_policy"] = policy
+    if "labels" in index:  # multi-label: the fused image's labels by the policy (and soft weights)
+        pairs = fused_labels(pairs, policy)
     pairs["fusion"] = folder_digest(MODELS)
     pairs["latent_hash"] = [sha(z.numpy().tobytes(), 12) for z in fused]
     pairs["fused_row"] = range(len(pairs))

@@ -38,7 +38,7 @@ def main(method: str) -> None:
     else:  # decode only: no prompt, no schedule, no guidance
         schedule, steps, cfg, template = 1, 0, 0.0, None
     folder = prepared_dir(params)
-    classes, manifest = read_classes(folder), read_manifest(folder)
+    classes, manifest = read_classes(folder), read_manifest(folder, multilabel=True)
     channels, size = image_shape(folder)
     pairs = pd.read_csv(f"{FUSED}/rows.csv", keep_default_na=False)
     fused = load_file(f"{FUSED}/latents.safetensors")["latents"]

@@ -5,9 +5,9 @@ on the encoded latents; models/fusion/, metrics/fusion/il.json and the per-gener
 import dataclasses
 
 import pandas as pd
-import torch
 
 from tailsynth.data.manifest import read_classes
+from tailsynth.data.targets import rows_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, atomic_write_text, write_json
 from tailsynth.methods.fusion.embedding import (
@@ -34,8 +34,8 @@ def main() -> None:
     se = known_keys(p["se"], EmbeddingConfig, "fusion.se")
     config = EmbeddingConfig(latent_channels=1, num_classes=len(classes), **se)  # bad values fail here
     index, latents = load_latents(LATENTS)
-    config = dataclasses.replace(config, latent_channels=int(latents.shape[1]))
-    targets = torch.as_tensor(index["label"].to_numpy(), dtype=torch.int64)
+    targets = rows_targets(index, len(classes))  # class indices, or multi-hot rows (C then trains with BCE)
+    config = dataclasses.replace(config, latent_channels=int(latents.shape[1]), multilabel=targets.ndim == 2)
     # Sparsity references: uniform simplices, and the bound a Tanh on the logits would set at the
     # reference's temperature 1 and at this run's tau.
     uniform, capped = 1 / config.group, tanh_capped_sparsity(config.group)

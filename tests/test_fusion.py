@@ -929,3 +929,58 @@ def test_refiner_refuses_bad_steps(refiner, steps):
     """Refinement steps that are not a whole number >= 0 raise naming fusion.refine.steps."""
     with pytest.raises(TailsynthError, match="fusion.refine.steps"):
         refiner.images(fused_latents(1), PROMPTS[:1], steps=steps, cfg=1.0)
+
+
+# ---------------------------------------------------------------- multi-label fusion
+
+ML_SETS = ["0|2", "0", "3", "1", "2", "0|3", "1", "0|1", "1", "2"]  # PLAN_LABELS with extra labels on 0, 5 and 7
+ML_INDEX = pd.DataFrame({"image": PLAN_INDEX["image"], "labels": ML_SETS})
+
+
+def test_plan_pairs_multilabel_tail_samples_show_the_class_and_heads_show_no_tail_class():
+    """Sample 5 now also shows tail class 3: it becomes one of 3's tail samples and leaves the head set
+    ({1, 3, 6, 7, 8}), so tail sample 9's nearest head is 6, not 5; tail sample 5's nearest heads, 3 and 6,
+    tie at 0.2 and the first in head order (3) wins."""
+    rows = fuse.plan_pairs(
+        ML_INDEX,
+        constant_maps(PLAN_VALUES),
+        [2, 3],
+        per_class=6,
+        k=1,
+        seed=0,
+        threshold_mode="fixed",
+        high=0.4,
+        low=0.3,
+    )
+    nearest = {0: 7, 4: 1, 9: 6, 2: 8, 5: 3}
+    assert set(rows[rows.target == 3]["tail_index"]) == {2, 5}
+    assert set(rows[rows.target == 2]["tail_index"]) == {0, 4, 9}
+    for r in rows.itertuples():
+        assert r.head_index == nearest[r.tail_index]
+        assert r.source_labels == ML_SETS[r.tail_index] and r.head_labels == ML_SETS[r.head_index]
+        assert r.source_label == r.target and r.head_label == -1
+    # single-label rows carry no label-set columns
+    assert "source_labels" not in plan().columns
+
+
+def test_fused_labels_known_answers_per_policy():
+    pairs = pd.DataFrame({"source_labels": ["0|2", "3"], "head_labels": ["0|1", ""], "tail_share": [0.25, 0.6]})
+    assert fuse.fused_labels(pairs, "tail")["labels"].tolist() == ["0|2", "3"]
+    union = fuse.fused_labels(pairs, "union")
+    assert union["labels"].tolist() == ["0|1|2", "3"] and "soft_labels" not in union
+    soft = fuse.fused_labels(pairs, "soft")
+    # label 0 is in both (the larger share, 0.75), 1 only in the head (0.75), 2 only in the tail (0.25)
+    assert soft["soft_labels"].tolist() == ["0=0.75|1=0.75|2=0.25", "3=0.6"]
+    assert soft["labels"].tolist() == ["0|1|2", "3"]
+    assert "labels" not in pairs  # the input is left alone
+
+
+def test_soft_labels_become_weighted_targets():
+    from tailsynth.data.targets import rows_targets
+
+    rows = pd.DataFrame({"labels": ["0|1|2", "3"], "soft_labels": ["0=0.75|1=0.75|2=0.25", "3=0.6"]})
+    want = torch.tensor([[0.75, 0.75, 0.25, 0.0], [0.0, 0.0, 0.0, 0.6]])
+    assert torch.equal(rows_targets(rows, 4), want)
+    assert rows_targets(rows.drop(columns="soft_labels"), 4).tolist() == [[1, 1, 1, 0], [0, 0, 0, 1]]
+    with pytest.raises(ValueError, match="outside the 4 classes"):
+        rows_targets(pd.DataFrame({"soft_labels": ["4=0.5"]}), 4)

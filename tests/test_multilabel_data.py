@@ -362,7 +362,11 @@ def test_prepare_stage_writes_digits_multilabel(tmp_path):
     # the few-shot stages take single-label data only: one line, exit 2
     env = {**os.environ, "TAILSYNTH_PARAMS": str(tmp_path / "params.yaml"), "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages/fewshot_episodes.py")], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, str(ROOT / "stages/fewshot_episodes.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "is multi-label (a labels column)" in errors[0], proc.stderr

@@ -45,9 +45,13 @@ def workspace(tmp_path_factory):
     params["generator"]["unet"].update(steps=3, batch_size=32, warmup_steps=2)
     params["generator_eval"].update(per_class=2, batch_size=10, steps=3)
     params["synth"].update(per_class=3, batch_size=8, steps=4)
+    params["fusion"]["il"].update(generations=2, interaction_steps=5, imitation_steps=3)
+    params["fusion"].update(per_class=2, batch_size=4, labels="soft")
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
     stages = [["prepare"], ["oracle"], ["classifier"], ["retrain", "none"], ["generator"]]
     stages += [["generator_eval"], ["synth", "txt2img"], ["retrain", "txt2img"]]
+    stages += [["encode_latents"], ["train_il_se"], ["cams"], ["fuse"], ["synth_fusion", "fusion_0step"]]
+    stages += [["retrain", "fusion_0step"], ["evaluate", "fusion_0step"]]
     for argv in stages:
         proc = run_stage(cwd, *argv)
         assert proc.returncode == 0, (argv, proc.stderr[-3000:])
@@ -115,3 +119,23 @@ def test_txt2img_on_multi_label_data_fills_the_tail_labels_and_is_scored(workspa
     assert set(result["map"]) == {"overall", "many", "medium", "few", "head", "tail"}
     prompts = json.loads((workspace / "metrics/generator.json").read_text())
     assert prompts["n_samples"] == 2 * len(classes)
+
+
+def test_fusion_on_multi_label_data_fuses_tail_and_head_label_sets(workspace):
+    """Tail samples show a tail label, head neighbours none; the soft policy weighs each label by the share of
+    positions from the sample showing it, and retrain and evaluate take the set."""
+    from tailsynth.data.manifest import split_labels
+    from tailsynth.methods.fusion.fuse import fused_labels
+
+    classes = json.loads((workspace / FOLDER / "classes.json").read_text())
+    tail = {c["index"] for c in classes if c["bucket"] == "few"}
+    rows = pd.read_csv(workspace / "data/synthetic/fusion_0step/manifest.csv", keep_default_na=False)
+    assert sorted(rows["target"]) == sorted(list(tail) * 2)
+    for r in rows.itertuples():
+        assert r.target in split_labels(r.source_labels) and not set(split_labels(r.head_labels)) & tail
+    again = fused_labels(rows.drop(columns=["labels", "soft_labels"]), "soft")
+    assert again["soft_labels"].tolist() == rows["soft_labels"].tolist() and (rows["labels_policy"] == "soft").all()
+    il = json.loads((workspace / "metrics/fusion/il.json").read_text())
+    assert "map" in il and "accuracy" not in il  # C is trained with BCE on multi-label data
+    result = json.loads((workspace / "metrics/evaluate/fusion_0step.json").read_text())
+    assert result["n_synthetic"] == len(rows) and set(result["map"]) >= {"head", "tail"}

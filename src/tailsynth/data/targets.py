@@ -41,8 +41,24 @@ def shows_class(rows: pd.DataFrame, k: int) -> pd.Series:
     return rows["label"] == k
 
 
+def soft_targets(cells, num_classes: int) -> torch.Tensor:
+    """float32 (N, K) rows from ``soft_labels`` cells (``k=w`` entries joined by ``|``; blank for none)."""
+    out = torch.zeros(len(cells), num_classes, dtype=torch.float32)
+    for i, cell in enumerate(cells):
+        for entry in str(cell).split("|") if cell == cell and str(cell) else []:
+            k, w = entry.split("=")
+            if not 0 <= int(k) < num_classes or not 0 <= float(w) <= 1:
+                raise ValueError(f"soft label {entry!r} outside the {num_classes} classes or [0, 1]")
+            out[i, int(k)] = float(w)
+    return out
+
+
 def rows_targets(rows: pd.DataFrame, num_classes: int) -> torch.Tensor:
-    """The targets of manifest ``rows``: int64 (N,) from ``label`` or float32 multi-hot (N, K) from ``labels``."""
+    """The targets of manifest ``rows``: int64 (N,) from ``label``, float32 multi-hot (N, K) from
+    ``labels`` or, where a synthetic set has them (fusion's soft label policy), weights in [0, 1] from
+    ``soft_labels``."""
+    if "soft_labels" in rows:
+        return soft_targets(rows["soft_labels"].tolist(), num_classes)
     if is_multilabel(rows):
         return multi_hot(rows["labels"].tolist(), num_classes)
     return torch.from_numpy(rows["label"].to_numpy(dtype=np.int64, copy=True))

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from sklearn.metrics.pairwise import euclidean_distances
 
+from tailsynth.data.manifest import join_labels, split_labels
 from tailsynth.errors import TailsynthError
 from tailsynth.seeding import derive_seed
 
@@ -123,14 +124,23 @@ def plan_pairs(
     ``index`` is the latent index (``image``, ``label``; row i is global position i, which ``maps``
     shares). Row j of class c: tail sample = c's samples in a seeded order, cycled; head neighbour =
     one of its ``k`` nearest head samples, drawn from the row's seed; ``p_head`` ~ U(0, 1) per row.
+
+    Multi-label ``index`` (``labels`` instead of ``label``): c's samples are those showing c, the head
+    samples those showing no class of ``targets``, and each row also names both samples' label sets
+    (``source_labels``, ``head_labels``); ``source_label`` is then c and ``head_label`` -1.
     """
     if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
         raise TailsynthError(f"fusion.per_class must be a whole number >= 1, got {per_class!r}")
-    labels = index["label"].to_numpy()
-    head = np.flatnonzero(~np.isin(labels, targets))
+    if "labels" in index:
+        sets = [set(split_labels(v)) for v in index["labels"]]
+        cells = [join_labels(v) for v in sets]
+        head = np.flatnonzero([not (v & set(targets)) for v in sets])
+    else:
+        labels = index["label"].to_numpy()
+        sets, head = None, np.flatnonzero(~np.isin(labels, targets))
     rows = []
     for c in targets:
-        own = np.flatnonzero(labels == c)
+        own = np.flatnonzero([c in v for v in sets]) if sets is not None else np.flatnonzero(labels == c)
         if not len(own):
             raise TailsynthError(f"tail class {c} has no encoded train sample to fuse")
         tau_h, tau_l = class_thresholds(threshold_mode, high, low, seed, c)
@@ -142,22 +152,44 @@ def plan_pairs(
             t = j % len(order)
             h = int(neighbours[t, rng.integers(k)])
             tail_pos = int(order[t])
-            rows.append(
-                {
-                    "target": c,
-                    "seed": row_seed,
-                    "tail_index": tail_pos,
-                    "head_index": h,
-                    "source_image": index["image"].iloc[tail_pos],
-                    "source_label": int(labels[tail_pos]),
-                    "head_image": index["image"].iloc[h],
-                    "head_label": int(labels[h]),
-                    "tau_h": tau_h,
-                    "tau_l": tau_l,
-                    "p_head": float(rng.uniform()),
-                }
-            )
+            row = {
+                "target": c,
+                "seed": row_seed,
+                "tail_index": tail_pos,
+                "head_index": h,
+                "source_image": index["image"].iloc[tail_pos],
+                "source_label": c if sets is not None else int(labels[tail_pos]),
+                "head_image": index["image"].iloc[h],
+                "head_label": -1 if sets is not None else int(labels[h]),
+                "tau_h": tau_h,
+                "tau_l": tau_l,
+                "p_head": float(rng.uniform()),
+            }
+            if sets is not None:
+                row |= {"source_labels": cells[tail_pos], "head_labels": cells[h]}
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fused_labels(pairs: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """``pairs`` (multi-label rows of :func:`plan_pairs` with their ``tail_share``) with the fused image's
+    ``labels`` by ``policy``: ``tail``, the tail sample's label set; ``union``, the tail's and the head
+    neighbour's; ``soft``, the union with ``soft_labels`` weights (``k=w`` cells joined by ``|``): a
+    label's weight is the share of positions taken from a sample showing it, tail_share for the tail's,
+    1 - tail_share for the head's, the larger where both show it.
+    """
+    out = pairs.copy()
+    labels, soft = [], []
+    for tail, head, share in zip(out["source_labels"], out["head_labels"], out["tail_share"], strict=True):
+        t, h = set(split_labels(tail)), set(split_labels(head))
+        chosen = t if policy == "tail" else t | h
+        labels.append(join_labels(chosen))
+        weights = {k: max(share if k in t else 0.0, 1 - share if k in h else 0.0) for k in sorted(chosen)}
+        soft.append("|".join(f"{k}={w:.6g}" for k, w in weights.items()))
+    out["labels"] = labels
+    if policy == "soft":
+        out["soft_labels"] = soft
+    return out
 
 
 def check_label_policy(policy: str, multilabel: bool) -> str:
