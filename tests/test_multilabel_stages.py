@@ -1,7 +1,6 @@
 """The stages that train and evaluate on multi-label data, end to end on digits_multilabel (tiny step counts)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from pipeline_utils import command_env
 
 from tailsynth.data.targets import load_targets
 from tailsynth.metrics.average_precision import mean_average_precision
@@ -22,15 +22,13 @@ FOLDER = "data/prepared/digits_multilabel"
 
 
 def run_stage(cwd, *argv):
-    env = {**os.environ, "TAILSYNTH_PARAMS": str(cwd / "params.yaml"), "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / f"{argv[0]}.py"), *argv[1:]],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    return proc
+    """``python stages/<argv[0]>.py argv[1:]`` in ``cwd`` (which links ``stages``), as dvc.yaml runs it, on the
+    tests' stage server (a preloaded interpreter: seconds saved per stage)."""
+    if not (cwd / "stages").exists():
+        (cwd / "stages").symlink_to(ROOT / "stages")
+    cmd, env = command_env([sys.executable, f"stages/{argv[0]}.py", *argv[1:]])
+    env |= {"TAILSYNTH_PARAMS": str(cwd / "params.yaml"), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

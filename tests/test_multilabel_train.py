@@ -1,5 +1,6 @@
-"""Multi-label training and evaluation: multi-hot targets, BCE fitting, label-aware balanced sampling,
-MixUp/CutMix on multi-hot rows, and mAP overall / per bucket / head / tail over seeds."""
+"""Multi-label training, evaluation and generation plans: multi-hot targets, BCE fitting, label-aware
+balanced sampling, MixUp/CutMix on multi-hot rows, mAP overall / per bucket / head / tail over seeds,
+prompts naming every label, and txt2img / img2img rows with their label sets."""
 
 import numpy as np
 import pandas as pd
