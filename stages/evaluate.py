@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from _guide import guide_criteria
+from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
 from tailsynth.data.targets import load_targets
@@ -31,6 +32,9 @@ from _common import device, load_params, log, prepared_dir, require, stage
 def main(method: str) -> None:
     m = registry.get(method, registry.LONG_TAIL)
     params = load_params()
+    outs = [f"metrics/evaluate/{method}.json", f"metrics/evaluate/{method}_seeds.csv"]
+    if skip_if_not_applicable(params, outs, family=m.family):
+        return
     density_k = require(params["eval"], "density_k", "eval")  # checked for every method: all declare it
     if not isinstance(density_k, int) or isinstance(density_k, bool) or density_k < 1:
         raise TailsynthError(f"eval.density_k must be a whole number >= 1, got {density_k!r}")

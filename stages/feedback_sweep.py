@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from _feedback import generate_ladder_set, ladder_settings
 from _guide import load_guide
+from _not_applicable import skip_if_not_applicable
 from _retrain import retrain_data, retrain_models
 
 from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
@@ -58,6 +59,9 @@ def valid_omega(w: object) -> bool:
 @stage
 def main() -> None:
     params = load_params()
+    outs = [OUT, "metrics/feedback_sweep.json", "metrics/plots/feedback_omega.csv"]
+    if skip_if_not_applicable(params, outs, family=registry.FEEDBACK):
+        return
     criterion, omegas = check_sweep(params["feedback_sweep"])
     guided = registry.get(f"feedback_{criterion}", registry.LONG_TAIL, registry.FEEDBACK)
     ladder_omega = float(ladder_settings(params["feedback"], guided).omega)

@@ -6,11 +6,13 @@ e.g. a UniSiam ResNet-18, in safetensors or .pth (read with weights_only=True).
 """
 
 import torch
+from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.episodes import novel_classes
 from tailsynth.data.manifest import image_shape, load_split, read_manifest
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir
+from tailsynth.methods import registry
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.models.classifier import build_classifier, load_pretrained_backbone, save_classifier
 
@@ -24,6 +26,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 @stage
 def main() -> None:
     params = load_params()
+    if skip_if_not_applicable(params, [OUT], mode=registry.FEWSHOT):
+        return
     p, f = params["fewshot_backbone"], params["fewshot"]
     folder = prepared_dir(params)
     channels, size = image_shape(folder)

@@ -4,10 +4,13 @@ Writes ``episodes.csv`` (see ``tailsynth.data.episodes``) and ``classes.json`` (
 class indices). Support and query sets of an episode never share an image.
 """
 
+from _not_applicable import skip_if_not_applicable
+
 from tailsynth.data.episodes import novel_classes, sample_episodes
 from tailsynth.data.manifest import read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
+from tailsynth.methods import registry
 
 from _common import load_params, log, prepared_dir, stage
 
@@ -17,6 +20,8 @@ OUT = "data/fewshot/episodes"
 @stage
 def main() -> None:
     params = load_params()
+    if skip_if_not_applicable(params, [OUT], mode=registry.FEWSHOT):
+        return
     p = params["fewshot"]
     folder = prepared_dir(params)
     classes, manifest = read_classes(folder), read_manifest(folder)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from _fewshot import ADA_CHOICES, BACKBONE, episode_features, features_by_image, oracle_accuracy, read_episodes
+from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.episodes import support
 from tailsynth.data.manifest import image_shape, load_rows
@@ -31,6 +32,9 @@ from _common import device, load_params, log, prepared_dir, stage
 def main(method: str) -> None:
     m = registry.get(method, registry.FEWSHOT)
     params = load_params()
+    outs = [f"metrics/fewshot/{method}.json", f"metrics/fewshot/{method}_episodes.csv"]
+    if skip_if_not_applicable(params, outs, mode=registry.FEWSHOT):
+        return
     p = params["fewshot_eval"]
     shots, ways = params["fewshot"]["shots"], params["fewshot"]["ways"]
     folder = prepared_dir(params)

@@ -9,6 +9,7 @@ and the plot table metrics/plots/r_sweep.csv.
 import numpy as np
 import pandas as pd
 from _fewshot import BACKBONE, episode_features, features_by_image, oracle_accuracy, read_episodes
+from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.manifest import image_shape
 from tailsynth.io import atomic_write_text, write_json
@@ -25,6 +26,9 @@ from _common import device, load_params, log, prepared_dir, stage
 @stage
 def main() -> None:
     params = load_params()
+    outs = ["metrics/fewshot/r_sweep.json", "metrics/plots/r_sweep.csv"]
+    if skip_if_not_applicable(params, outs, mode=registry.FEWSHOT):
+        return
     p, shots = params["fewshot_eval"], params["fewshot"]["shots"]
     folder = prepared_dir(params)
     channels, _ = image_shape(folder)

@@ -11,6 +11,7 @@ import sys
 
 import torch
 from _fewshot import ADA_CHOICES, BACKBONE, embed_files, read_episodes
+from _not_applicable import skip_if_not_applicable, synthetic_outs
 
 from tailsynth.data.class_names import uses_group
 from tailsynth.data.groups import class_groups
@@ -44,6 +45,8 @@ def generation_spec(params: dict, method: Method, steps: int) -> tuple[str, list
 def main(method: str) -> None:
     m = registry.get(method, registry.FEWSHOT, (registry.GENERATED, registry.GENIE))
     params = load_params()
+    if skip_if_not_applicable(params, synthetic_outs(m, registry.FEWSHOT), mode=registry.FEWSHOT):
+        return
     p = params["fewshot_synth"]
     kind, levels = generation_spec(params, m, p["steps"])
     episodes = read_episodes()

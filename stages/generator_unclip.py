@@ -6,12 +6,14 @@ UNet is fine-tuned with. Pretrained: a StableUnCLIPImg2ImgPipeline hub id or fol
 """
 
 import torch
+from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.class_names import prompt_for, uses_group
 from tailsynth.data.groups import class_groups, image_prompts
 from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
+from tailsynth.methods import registry
 
 from _common import device, load_params, log, prepared_dir, require, stage
 
@@ -21,6 +23,8 @@ OUT = "models/generator_unclip"
 @stage
 def main() -> None:
     params = load_params()
+    if skip_if_not_applicable(params, [OUT], family=registry.FEEDBACK):
+        return
     p = params["generator_unclip"]
     if p["source"] not in ("train", "pretrained"):
         raise TailsynthError(f"unknown generator_unclip.source {p['source']!r}; use train or pretrained")

@@ -8,6 +8,7 @@ context, so both images of a pair share their prompt and only the image differs.
 """
 
 import torch
+from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.class_names import uses_group
 from tailsynth.data.groups import image_prompts
@@ -15,6 +16,7 @@ from tailsynth.data.images import match_channels, resize_batch
 from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import write_json
+from tailsynth.methods import registry
 from tailsynth.metrics.conditioning import conditioning_design, conditioning_distances
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.report.grid import save_class_grid
@@ -28,6 +30,8 @@ GRID = "metrics/plots/generator_unclip_samples.png"
 @stage
 def main() -> None:
     params = load_params()
+    if skip_if_not_applicable(params, ["metrics/generator_unclip.json", GRID], family=registry.FEEDBACK):
+        return
     p = params["generator_unclip_eval"]
     for key in ("pairs", "seeds", "grid_rows"):
         if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest
+from tailsynth.data.manifest import image_shape, is_multilabel, load_rows, read_classes, read_manifest
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, read_json, write_json
 from tailsynth.methods import registry
@@ -23,6 +23,9 @@ from tailsynth.report.summary import (
     chosen_r_table,
     fewshot_columns,
     fewshot_markdown,
+    multilabel_markdown,
+    multilabel_rows,
+    not_applicable_markdown,
     omega_sweep_markdown,
     oracle_header,
     paired_markdown,
@@ -38,6 +41,7 @@ from _common import load_params, log, prepared_dir, stage
 
 BASELINES = ("none", "txt2img")
 LT_COLUMNS = ["few", "overall"]
+ML_COLUMNS = ["tail", "head", "overall"]  # multi-label: paired mAP columns
 
 
 def read_metrics(stage_name: str, methods: list[str], folder: str, suffix: str = ".json"):
@@ -101,13 +105,10 @@ def conditioning_text(check: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage
-def main() -> None:
-    params = load_params()
-    folder = prepared_dir(params)
-    classes = read_classes(folder)
-    channels, _ = image_shape(folder)
-    lt_methods, fs_methods = registry.names(registry.LONG_TAIL), registry.names(registry.FEWSHOT)
+def single_label_report(params: dict, folder: Path, classes: list[dict], lt_methods: list[str]):
+    """The single-label report: (summary.md's text, evaluate results by method, few-shot results by method);
+    writes metrics/summary.json."""
+    fs_methods = registry.names(registry.FEWSHOT)
     results = read_metrics("evaluate", lt_methods, "evaluate")
     seeds = read_metrics("evaluate", lt_methods, "evaluate", "_seeds.csv")
     fewshot = read_metrics("fewshot_eval", fs_methods, "fewshot")
@@ -198,15 +199,95 @@ def main() -> None:
         text += f"\nClasses without test images (absent from per-class and bucket accuracy): {', '.join(untested)}.\n"
     buckets = ", ".join(f"{c['name']}={c['train_count']} ({c['bucket']})" for c in classes)
     text += f"\nTrain images per class: {buckets}.\n"
+    return text, results, fewshot
+
+
+def multilabel_report(params: dict, folder: Path, classes: list[dict], lt_methods: list[str], skipped: dict):
+    """The multi-label report: (summary.md's text, evaluate results by method); writes metrics/summary.json.
+
+    Macro mAP per method (overall, shot buckets, head, tail), paired over seeds against none and txt2img
+    on tail, head and overall mAP; the methods and the few-shot comparison that do not apply, with why.
+    """
+    results = read_metrics("evaluate", lt_methods, "evaluate")
+    seeds = read_metrics("evaluate", lt_methods, "evaluate", "_seeds.csv")
+    oracle = read_json("metrics/oracle.json")
+    trusted = oracle["test_map"] >= params["report"]["min_oracle_test_acc"]
+    header = f"oracle acc (oracle test mAP {100 * oracle['test_map']:.1f}%{'' if trusted else ' ⚠ too low to trust'})"
+    g = read_json("metrics/generator.json")
+    reason = generator_verdict(g)
+    unreliable = {m for m in lt_methods if registry.get(m).generated} if reason else set()
+    paired = paired_table(seeds, ML_COLUMNS, BASELINES)
+    rows = multilabel_rows(results)
+    summary = {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}
+    for method, entries in paired.items():
+        for key, e in entries.items():
+            summary[method][f"paired_{key}"] = e["diff"]
+            summary[method][f"paired_{key}_ci95"] = e["ci"]
+    write_json("metrics/summary.json", summary)
+    n = params["eval"]["seeds"]
+    text = multilabel_markdown(
+        rows,
+        f"Multi-label long-tail results (macro mAP %, mean ± std over {n} seeds)",
+        oracle=header,
+        unreliable=unreliable,
+    )
+    text += "\n" + paired_markdown(
+        paired, ML_COLUMNS, BASELINES, f"Multi-label, paired over {n} seeds (mAP difference in points, 95% t interval)"
+    )
+    fewshot_why = registry.not_applicable(True, mode=registry.FEWSHOT)
+    text += "\n" + not_applicable_markdown({**skipped, "the few-shot comparison": fewshot_why})
+    tail = [c["name"] for c in classes if c["bucket"] == "few"]
+    text += (
+        f"\nHead labels: every label outside the few bucket; tail labels: {', '.join(tail)}. "
+        f"Oracle: test mAP {100 * oracle['test_map']:.1f}% (random scores: {100 * oracle['chance']:.1f}%). "
+        f"Generator: the oracle's top label is the prompted one for {100 * g['oracle_acc']:.1f}% of its Txt2Img "
+        f"samples (worst label {100 * g['oracle_acc_min']:.1f}%).\n"
+    )
+    if reason:
+        text += f"\n† unreliable: {reason}.\n"
+    if not trusted:
+        text += (
+            f"\n⚠ The oracle's own test mAP is {100 * oracle['test_map']:.1f}% "
+            f"(< report.min_oracle_test_acc {100 * params['report']['min_oracle_test_acc']:.0f}%): "
+            "oracle acc, fd_oracle, density and coverage are not to be trusted.\n"
+        )
+    counts = ", ".join(f"{c['name']}={c['train_count']} ({c['bucket']})" for c in classes)
+    text += f"\nTrain images showing each label: {counts}.\n"
+    return text, results
+
+
+@stage
+def main() -> None:
+    params = load_params()
+    folder = prepared_dir(params)
+    classes = read_classes(folder)
+    channels, _ = image_shape(folder)
+    multilabel = is_multilabel(folder)
+    skipped = {
+        m.name: why
+        for m in registry.methods(registry.LONG_TAIL)
+        if (why := registry.not_applicable(multilabel, family=m.family))
+    }
+    lt_methods = [name for name in registry.names(registry.LONG_TAIL) if name not in skipped]
+    if multilabel:
+        text, results = multilabel_report(params, folder, classes, lt_methods, skipped)
+        fewshot, key = {}, ("map", "per_class_ap")
+    else:
+        text, results, fewshot = single_label_report(params, folder, classes, lt_methods)
+        key = ("acc", "per_class_acc")
     atomic_write_text("metrics/summary.md", text)
+    methods = registry.names(registry.LONG_TAIL)
 
     plots = Path("metrics/plots")
-    atomic_write_text(plots / "per_class.csv", per_class_table(results, classes).to_csv(index=False))
-    atomic_write_text(plots / "by_bucket.csv", bucket_table(results).to_csv(index=False))
+    # Methods that do not apply keep their (empty) columns: the plots in dvc.yaml name every method.
+    per_class = per_class_table(results, classes, key[1]).assign(**{m: float("nan") for m in skipped})
+    by_bucket = bucket_table(results, key[0]).assign(**{m: float("nan") for m in skipped})
+    atomic_write_text(plots / "per_class.csv", per_class[per_class.columns[:2].tolist() + methods].to_csv(index=False))
+    atomic_write_text(plots / "by_bucket.csv", by_bucket[by_bucket.columns[:2].tolist() + methods].to_csv(index=False))
     samples = plots / "samples"
     chosen, grids = [], set()
     for m in registry.methods(registry.LONG_TAIL):
-        if not m.generated:
+        if not m.generated or m.name in skipped:
             continue
         synthetic = m.synthetic_dir(registry.LONG_TAIL)
         rows_s = read_synthetic(synthetic)

@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+from _not_applicable import skip_if_not_applicable
 from _retrain import retrain_data, retrain_models
 
 from tailsynth.io import atomic_dir
@@ -16,6 +17,8 @@ from _common import load_params, prepared_dir, stage
 def main(method: str) -> None:
     m = registry.get(method, registry.LONG_TAIL)
     params = load_params()
+    if skip_if_not_applicable(params, [Path("models/retrain") / method], family=m.family):
+        return
     synthetic = m.synthetic_dir(registry.LONG_TAIL) if m.generated else None
     data = retrain_data(params, prepared_dir(params), method, synthetic)
     with atomic_dir(Path("models/retrain") / method) as tmp:

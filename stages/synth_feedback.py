@@ -6,6 +6,7 @@ feedback_*, the baseline classifier's feedback (models/classifier). Resumable an
 import sys
 
 from _feedback import generate_ladder_set, ladder_settings
+from _not_applicable import skip_if_not_applicable, synthetic_outs
 
 from tailsynth.methods import registry
 
@@ -16,6 +17,8 @@ from _common import load_params, stage
 def main(method: str) -> None:
     params = load_params()
     m = registry.get(method, registry.LONG_TAIL, registry.FEEDBACK)
+    if skip_if_not_applicable(params, synthetic_outs(m, registry.LONG_TAIL), family=m.family):
+        return
     generate_ladder_set(params, m, ladder_settings(params["feedback"], m))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _not_applicable import skip_if_not_applicable, synthetic_outs
 
 from tailsynth.data.images import match_channels, resize_batch
 from tailsynth.data.manifest import image_shape, load_split, read_classes, read_manifest
@@ -30,6 +31,8 @@ CLASSIFIER = "models/classifier"
 def main(method: str) -> None:
     m = registry.get(method, registry.LONG_TAIL, registry.GENIE)
     params = load_params()
+    if skip_if_not_applicable(params, synthetic_outs(m, registry.LONG_TAIL), family=m.family):
+        return
     p = params["genie"]
     grid = check_grid(p["ada"]["grid"], p["steps"]) if m.ada else None
     folder = prepared_dir(params)

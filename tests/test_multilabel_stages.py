@@ -1,6 +1,7 @@
 """The stages that train and evaluate on multi-label data, end to end on digits_multilabel (tiny step counts)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from pipeline_utils import command_env
+from pipeline_utils import command_env, deep_update, make_project, run, smoke_overrides
 
 from tailsynth.data.targets import load_targets
+from tailsynth.methods import registry
 from tailsynth.metrics.average_precision import mean_average_precision
 from tailsynth.metrics.multilabel import bucket_map
 from tailsynth.models.classifier import load_classifier, predict
+from tailsynth.not_applicable import reason
 
 ROOT = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).parent / "dvc")
+pytestmark = pytest.mark.slow
 FOLDER = "data/prepared/digits_multilabel"
 
 
@@ -31,29 +35,81 @@ def run_stage(cwd, *argv):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
+# The smoke profile, with the classifiers trained long enough that their mAP is well above chance.
+OVERRIDES = {
+    "oracle": {"steps": 30, "batch_size": 32, "width": 32},
+    "classifier": {"steps": 30, "batch_size": 32, "width": 16},
+    "retrain": {"steps": 30, "batch_size": 32, "width": 16},
+    "generator_eval": {"per_class": 2, "batch_size": 10, "steps": 3},
+    "synth": {"per_class": 3, "batch_size": 8, "steps": 4},
+    "fusion": {"labels": "soft"},
+}
+SINGLE_LABEL = registry.names(registry.LONG_TAIL, registry.GENIE) + registry.names(
+    registry.LONG_TAIL, registry.FEEDBACK
+)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("multilabel")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["dataset"] = "digits_multilabel"
-    for section in ("oracle", "classifier", "retrain"):
-        params[section].update(steps=30, batch_size=32)
-    params["eval"]["seeds"] = 2
-    params["generator"]["vae"].update(steps=3, batch_size=32)
-    params["generator"]["unet"].update(steps=3, batch_size=32, warmup_steps=2)
-    params["generator_eval"].update(per_class=2, batch_size=10, steps=3)
-    params["synth"].update(per_class=3, batch_size=8, steps=4)
-    params["fusion"]["il"].update(generations=2, interaction_steps=5, imitation_steps=3)
-    params["fusion"].update(per_class=2, batch_size=4, labels="soft")
-    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    stages = [["prepare"], ["oracle"], ["classifier"], ["retrain", "none"], ["generator"]]
-    stages += [["generator_eval"], ["synth", "txt2img"], ["retrain", "txt2img"]]
-    stages += [["encode_latents"], ["train_il_se"], ["cams"], ["fuse"], ["synth_fusion", "fusion_0step"]]
-    stages += [["retrain", "fusion_0step"], ["evaluate", "fusion_0step"]]
-    for argv in stages:
-        proc = run_stage(cwd, *argv)
-        assert proc.returncode == 0, (argv, proc.stderr[-3000:])
-    return cwd
+    """The whole pipeline on digits_multilabel by params alone: ``dvc repro`` after the README's
+    ``-S data.dataset=digits_multilabel`` applied to params.yaml as ``dvc exp run`` applies it."""
+    from dvc.utils.hydra import apply_overrides
+
+    root = make_project(tmp_path_factory.mktemp("multilabel"), deep_update(smoke_overrides(), OVERRIDES))
+    apply_overrides(root / "params.yaml", ["data.dataset=digits_multilabel"])
+    proc = run([DVC, "repro"], root)
+    root.joinpath("repro.log").write_text(proc.stdout + proc.stderr)
+    return root
+
+
+def test_every_stage_runs_and_the_single_label_ones_record_why_not(workspace):
+    log = (workspace / "repro.log").read_text()
+    ran = {name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", log)}
+    listed = run([DVC, "stage", "list", "--all", "--name-only"], workspace).stdout.split()
+    assert ran == {name.rpartition(":")[2] for name in listed}
+    for m in SINGLE_LABEL:
+        why = registry.not_applicable(True, family=registry.get(m).family)
+        assert why is not None and reason(workspace / "data/synthetic" / m) == why
+        assert reason(workspace / "data/synthetic" / m / "manifest.csv") == why
+        assert reason(workspace / "models/retrain" / m) == why
+        assert reason(workspace / f"metrics/evaluate/{m}.json") == why
+        assert reason(workspace / f"metrics/evaluate/{m}_seeds.csv") == why
+    fewshot = registry.not_applicable(True, mode=registry.FEWSHOT)
+    for path in ["data/fewshot/episodes", "models/fewshot_backbone", "metrics/fewshot/r_sweep.json"]:
+        assert reason(workspace / path) == fewshot
+    for m in registry.names(registry.FEWSHOT):
+        assert reason(workspace / f"metrics/fewshot/{m}.json") == fewshot
+    feedback = registry.not_applicable(True, family=registry.FEEDBACK)
+    for path in ["models/generator_unclip", "metrics/generator_unclip.json", "metrics/feedback_sweep.json"]:
+        assert reason(workspace / path) == feedback
+    # What does apply ran for real.
+    for m in registry.names(registry.LONG_TAIL):
+        if m not in SINGLE_LABEL:
+            assert reason(workspace / f"metrics/evaluate/{m}.json") is None
+            assert sorted(p.name for p in (workspace / "models/retrain" / m).glob("seed*")) == ["seed0", "seed1"]
+    assert run([DVC, "status", "-q"], workspace, check=False).returncode == 0  # nothing left to run
+
+
+def test_the_report_is_a_multi_label_table_of_what_applies(workspace):
+    summary = json.loads((workspace / "metrics/summary.json").read_text())
+    applicable = [m for m in registry.names(registry.LONG_TAIL) if m not in SINGLE_LABEL]
+    assert list(summary) == applicable
+    for m in applicable:
+        result = json.loads((workspace / f"metrics/evaluate/{m}.json").read_text())
+        assert summary[m]["map_tail"] == result["map"]["tail"] and summary[m]["map_head"] == result["map"]["head"]
+        seeds = pd.read_csv(workspace / f"metrics/evaluate/{m}_seeds.csv")
+        none = pd.read_csv(workspace / "metrics/evaluate/none_seeds.csv")
+        if m != "none":
+            assert summary[m]["paired_tail_vs_none"] == pytest.approx((seeds["tail"] - none["tail"]).mean())
+    text = (workspace / "metrics/summary.md").read_text()
+    assert "| method | mAP overall | mAP many | mAP medium | mAP few | mAP head | mAP tail |" in text
+    assert "## Not applicable to this data" in text and "the few-shot comparison" in text
+    assert all(f"| {m} " not in text for m in SINGLE_LABEL)
+    per_class = pd.read_csv(workspace / "metrics/plots/per_class.csv")
+    assert list(per_class.columns) == ["class_index", "class", *registry.names(registry.LONG_TAIL)]
+    assert per_class[SINGLE_LABEL].isna().all().all()
+    ap = json.loads((workspace / "metrics/evaluate/none.json").read_text())["per_class_ap"]
+    assert per_class["none"].tolist() == pytest.approx([ap[c] for c in per_class["class"]])
 
 
 def test_evaluate_reports_the_map_of_the_saved_models(workspace):

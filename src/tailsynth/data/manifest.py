@@ -113,11 +113,15 @@ def read_manifest(folder: str | Path, *, multilabel: bool = False) -> pd.DataFra
         )
     if "labels" in df.columns and not multilabel:
         raise TailsynthError(
-            f"{path} is multi-label (a labels column): this stage takes single-label data; on multi-label data "
-            "prepare, generator, generator_eval, oracle, classifier, synth@txt2img/img2img_* and the retrain and "
-            "evaluate of those and the training-time methods run, so far"
+            f"{path} is multi-label (a labels column): this stage takes single-label data (on multi-label data "
+            "the GeNIe, feedback and few-shot stages write not-applicable outputs instead)"
         )
     return df
+
+
+def is_multilabel(folder: str | Path) -> bool:
+    """True when ``folder``'s prepared manifest is multi-label (it has a ``labels`` column)."""
+    return "labels" in read_manifest(folder, multilabel=True).columns
 
 
 def read_classes(folder: str | Path) -> list[dict]:

@@ -28,6 +28,14 @@ FEEDBACK = "feedback"  # the dual-conditioned (text + image) generator, optional
 FUSION = "fusion"  # a tail sample fused with a head neighbour in a sparse latent feature space, decoded (+ refined)
 FAMILIES = (TRAINING, GENERATED, GENIE, FEEDBACK, FUSION)
 
+# What does not run on multi-label data, and why (the report prints these). Their stages still run there and
+# write "not applicable" outputs (tailsynth.not_applicable), so that one `dvc repro` covers every dataset.
+SINGLE_LABEL_FAMILIES = {
+    GENIE: "GeNIe labels an image made from another class's image as the target, which needs one label per image",
+    FEEDBACK: "the feedback criteria (loss, entropy, hardness) are those of a softmax over one label per image",
+}
+SINGLE_LABEL_MODES = {FEWSHOT: "N-way K-shot episodes need one label per image"}
+
 # Plan fields that determine a generated image; hashed (with the generator's identity) into its row key.
 TEXT_KEY = ("method", "target", "prompt", "seed", "r", "steps", "cfg", "scheduler")
 SOURCE_KEY = (*TEXT_KEY, "source_image", "source_hash")
@@ -80,6 +88,11 @@ class Method:
     def generated(self) -> bool:
         """True when the method adds images made by the generator (it has a synthetic set)."""
         return self.family != TRAINING
+
+    @property
+    def multilabel(self) -> bool:
+        """True when the method runs on multi-label data (in long-tail mode)."""
+        return self.family not in SINGLE_LABEL_FAMILIES
 
     @property
     def key_fields(self) -> tuple[str, ...]:
@@ -173,3 +186,10 @@ def methods(mode: str, family: str | None = None) -> list[Method]:
 
 def names(mode: str, family: str | None = None) -> list[str]:
     return [m.name for m in methods(mode, family)]
+
+
+def not_applicable(multilabel: bool, *, mode: str | None = None, family: str | None = None) -> str | None:
+    """Why a stage of ``mode`` and/or ``family`` does not apply to the data (multi-label or not), or None."""
+    if not multilabel:
+        return None
+    return SINGLE_LABEL_MODES.get(mode) or SINGLE_LABEL_FAMILIES.get(family)

@@ -34,6 +34,56 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
     return rows
 
 
+MAP_COLUMNS = ("overall", "many", "medium", "few", "head", "tail")  # multi-label: macro mAP (head/tail: see bucket_map)
+MULTILABEL_SYNTH_COLUMNS = ("oracle_acc", "fd_oracle", "density", "coverage", "fid", "n_synthetic")
+
+
+def multilabel_rows(results: dict[str, dict]) -> list[dict]:
+    """Flatten per-method multi-label evaluate metrics into one row per method: ``map_<col>`` and
+    ``map_<col>_std`` for each of :data:`MAP_COLUMNS` the method has, and its synthetic-set metrics."""
+    rows = []
+    for method, m in results.items():
+        row: dict = {"method": method}
+        for col in MAP_COLUMNS:
+            if col in m["map"]:
+                row[f"map_{col}"], row[f"map_{col}_std"] = m["map"][col], m["map_std"][col]
+        row |= {c: m[c] for c in MULTILABEL_SYNTH_COLUMNS if c in m}
+        rows.append(row)
+    return rows
+
+
+def multilabel_markdown(
+    rows: list[dict],
+    title: str,
+    *,
+    oracle: str = "oracle acc",
+    unreliable: set[str] | frozenset = frozenset(),
+) -> str:
+    """A Markdown table of :func:`multilabel_rows`: macro mAP (%, mean ± std over seeds) per column of
+    :data:`MAP_COLUMNS` present in any row, then the synthetic-set metrics; ``oracle`` and
+    ``unreliable`` as in :func:`summary_markdown`."""
+    cols = [c for c in MAP_COLUMNS if any(f"map_{c}" in r for r in rows)]
+    head = ["method", *[f"mAP {c}" for c in cols], oracle, "fd_oracle", "density", "coverage", "FID", "n synthetic"]
+    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [method_cell(r["method"], unreliable)]
+        cells += [_fmt(r.get(f"map_{c}"), r.get(f"map_{c}_std")) for c in cols]
+        cells += [_fmt(r.get("oracle_acc")), _fmt(r.get("fd_oracle"), pct=False), _fmt(r.get("density"), pct=False)]
+        cells += [_fmt(r.get("coverage")), _fmt(r.get("fid"), pct=False), str(r.get("n_synthetic", 0))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def not_applicable_markdown(skipped: dict[str, str]) -> str:
+    """A bullet list of what did not run on this data: ``{what: reason}`` (methods sharing a reason on one line)."""
+    by_reason: dict[str, list[str]] = {}
+    for what, why in skipped.items():
+        by_reason.setdefault(why, []).append(what)
+    lines = ["## Not applicable to this data", ""]
+    lines += [f"- {', '.join(whats)}: {why}." for why, whats in by_reason.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value: float | None, std: float | None = None, pct: bool = True) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -88,20 +138,25 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def per_class_table(results: dict[str, dict], classes: list[dict]) -> pd.DataFrame:
-    """Wide table for the per-class dvc plot: a row per class (index order = head to tail), a column per method."""
+def per_class_table(results: dict[str, dict], classes: list[dict], key: str = "per_class_acc") -> pd.DataFrame:
+    """Wide table for the per-class dvc plot: a row per class (index order = head to tail), a column per method.
+
+    ``key``: ``per_class_acc`` (single-label) or ``per_class_ap`` (multi-label; a class without a
+    positive test image has no AP and its cell is empty).
+    """
     table = pd.DataFrame({"class_index": [c["index"] for c in classes], "class": [c["name"] for c in classes]})
     for method, m in results.items():
-        table[method] = [m["per_class_acc"][c["name"]] for c in classes]
+        table[method] = [m[key].get(c["name"], float("nan")) for c in classes]
     return table
 
 
-def bucket_table(results: dict[str, dict]) -> pd.DataFrame:
-    """Wide table for the by-bucket dvc plot: a row per bucket (overall, many, medium, few), a column per method."""
-    present = [b for b in ACC_COLUMNS if all(b in m["acc"] for m in results.values())]
+def bucket_table(results: dict[str, dict], key: str = "acc") -> pd.DataFrame:
+    """Wide table for the by-bucket dvc plot: a row per bucket (overall, many, medium, few), a column per method
+    (``key``: ``acc``, or ``map`` on multi-label data)."""
+    present = [b for b in ACC_COLUMNS if all(b in m[key] for m in results.values())]
     table = pd.DataFrame({"bucket_index": range(len(present)), "bucket": present})
     for method, m in results.items():
-        table[method] = [m["acc"][b] for b in present]
+        table[method] = [m[key][b] for b in present]
     return table
 
 
