@@ -1,5 +1,7 @@
 """Stage prepare: a dataset source -> data/prepared/<dataset>/ (images, manifest.csv, classes.json)."""
 
+import os
+
 from tailsynth.data.csv_source import scan_csv
 from tailsynth.data.digits import load_digits_split
 from tailsynth.data.digits_groups import load_digits_groups
@@ -23,6 +25,7 @@ def main() -> None:
         raise TailsynthError(f"data.channels must be 1 or 3, got {p['channels']!r}")
     if not isinstance(p["size"], int) or p["size"] < 8:
         raise TailsynthError(f"data.size must be an integer >= 8, got {p['size']!r}")
+    workers = prepare_workers(p.get("workers", "auto"))
     scan = None
     if kind in ("digits", "digits_groups", "digits_multilabel"):
         digits_args = {
@@ -97,10 +100,21 @@ def main() -> None:
             many_above=p["buckets"]["many"],
             few_below=p["buckets"]["few"],
             progress=bar.update,
+            workers=workers,
             **described,
         )
     for c in table:
         log.info("class %d %-12s train=%4d %s", c["index"], c["name"], c["train_count"], c["bucket"])
+
+
+def prepare_workers(value) -> int:
+    """``data.workers``: worker processes that read and encode images; ``auto`` is one per usable core."""
+    if value == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cores if cores > 1 else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TailsynthError(f"data.workers must be auto or an integer >= 0 (0: no worker processes), got {value!r}")
+    return value
 
 
 if __name__ == "__main__":

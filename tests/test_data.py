@@ -81,6 +81,55 @@ def test_write_prepared_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _folder_bytes(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_with_worker_processes_is_byte_identical_to_serial(tmp_path):
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    records = []
+    for i in range(23):  # files of several sizes and modes (decoded and resized in the workers) and tensors
+        if i % 3:
+            path = tmp_path / "src" / f"{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            h, w = 20 + i, 50 - i
+            Image.fromarray(gen.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+            image = path
+        else:
+            image = torch.from_numpy(gen.random((3, 40, 40), dtype=np.float32))
+        records.append(Record(key=f"{i:03d}", image=image, label=i % 2, split="train" if i < 15 else "test"))
+    kw = dict(names=["a", "b"], prompt_names=["a", "b"], size=16, channels=3, many_above=3, few_below=2)
+    serial = write_prepared(tmp_path / "serial", records, **kw)
+    # 2 processes with chunks of 4 records: items arrive from both workers, and the last chunk is short.
+    parallel = write_prepared(tmp_path / "parallel", records, workers=2, chunk=4, **kw)
+    assert parallel == serial
+    a, b = _folder_bytes(tmp_path / "serial"), _folder_bytes(tmp_path / "parallel")
+    assert len(a) == 23 + 2 and a == b
+
+
+def test_prepare_worker_error_is_the_one_line_naming_the_file(tmp_path, rgb_image_file):
+    good = rgb_image_file(tmp_path / "src" / "a.png")
+    bad = tmp_path / "src" / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    records = [Record(key=str(i), image=p, label=0, split="train") for i, p in enumerate([good] * 5 + [bad])]
+    with pytest.raises(TailsynthError) as err:
+        write_prepared(
+            tmp_path / "ds",
+            records,
+            names=["a"],
+            prompt_names=["a"],
+            size=8,
+            channels=3,
+            many_above=1,
+            few_below=1,
+            workers=2,
+        )
+    assert "broken.png" in str(err.value) and "\n" not in str(err.value) and "DataLoader" not in str(err.value)
+    assert not (tmp_path / "ds").exists()
+
+
 def test_imagefolder_with_split_folders_any_size_and_mode(tmp_path, rgb_image_file):
     root = tmp_path / "root"
     rgb_image_file(root / "train" / "golden retriever" / "a.jpg", size=(50, 20))
