@@ -15,7 +15,7 @@ from tailsynth.synth.guidance import GuidanceConfig
 from tailsynth.synth.plan import finalize_rows
 
 from _common import prepared_dir
-from _synth import GENERATOR_INFO, image_hashes, process_device, run_set, source_loader
+from _synth import GENERATOR_INFO, image_hashes, process_device, process_state, run_set, source_loader
 
 GENERATOR = "models/generator_unclip"
 CLASSIFIER = "models/classifier"
@@ -51,14 +51,12 @@ def generate_ladder_set(
     channels, size = image_shape(folder)
     counts = fill_counts(classes, fill=p["fill"], per_class=p["per_class"], buckets=p["buckets"])
     # Imported here: diffusers takes seconds to import, and bad params should fail before that.
-    from accelerate import PartialState
-
     from tailsynth.models.classifier import load_classifier
     from tailsynth.models.unclip import load_unclip
     from tailsynth.synth.guidance import FeedbackGuidance, class_gaussians
     from tailsynth.synth.unclip_sampler import UnCLIPSampler
 
-    state = PartialState()
+    state = process_state()
     dev = process_device(state)
     dtype = torch.float16 if str(dev).startswith("cuda") else torch.float32
     sampler = UnCLIPSampler(load_unclip(GENERATOR, device=dev, dtype=dtype, param="generator_unclip"), p["scheduler"])

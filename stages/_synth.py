@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from tailsynth.data.manifest import load_rows
+from tailsynth.errors import TailsynthError
 from tailsynth.io import folder_digest
 from tailsynth.methods.registry import Method
 from tailsynth.synth.runner import finish, run_plan, write_manifest
@@ -24,12 +25,10 @@ class Synthesis:
     def __init__(self, scheduler: str):
         # Imported here, not at the top: diffusers takes about 4 s to import, and bad params should
         # fail before that.
-        from accelerate import PartialState
-
         from tailsynth.models.generator import load_pipeline
         from tailsynth.synth.sampler import LatentDiffusionSampler
 
-        self.state = PartialState()
+        self.state = process_state()
         self.device = process_device(self.state)
         dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
         self.sampler = LatentDiffusionSampler(load_pipeline(GENERATOR, device=self.device, dtype=dtype), scheduler)
@@ -81,6 +80,11 @@ def run_set(
     Returns the manifest on the main process, None on the others.
     """
     out = method.synthetic_dir(mode) if out is None else Path(out)
+    if state.num_processes > len(plan):
+        raise TailsynthError(
+            f"runtime.launch starts {state.num_processes} processes but the plan of {method.name} has "
+            f"{len(plan)} rows; launch at most {len(plan)} processes"
+        )
     with progress_bar(len(plan), f"synth {method.name}") as bar:
         run_plan(
             plan,
@@ -94,6 +98,13 @@ def run_set(
             process_index=state.process_index,
             num_processes=state.num_processes,
         )
+    if state.num_processes > 1:
+        log.info(
+            "synth %s: process %d of %d has generated its batches",
+            method.name,
+            state.process_index,
+            state.num_processes,
+        )
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -103,6 +114,14 @@ def run_set(
     write_manifest(manifest, out)
     log.info("synth %s: %d images in %s", method.name, len(plan), out)
     return manifest
+
+
+def process_state():
+    """accelerate's process layout: one process, or this one's place under a multi-process launch
+    (``runtime.launch``; gloo between CPU processes, where accelerate would otherwise run each alone)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device() == "cpu")
 
 
 def process_device(state) -> torch.device | str:

@@ -1,7 +1,7 @@
 """Stage synth@<method>: plan and generate a synthetic set into data/synthetic/<method>/.
 
-Resumable: the output is persisted by DVC and finished rows are skipped on re-run. Run under
-``accelerate launch`` to shard batches over several GPUs; the manifest is the same.
+Resumable: the output is persisted by DVC and finished rows are skipped on re-run. Under a
+multi-process ``runtime.launch`` each process takes every N-th batch; the set is the same.
 """
 
 import sys

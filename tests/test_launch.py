@@ -1,0 +1,143 @@
+"""Generation sharded across processes from inside DVC: ``runtime.launch`` templated into the stage command.
+
+A smoke project generates synth@txt2img once in one process (the reference); then ``dvc repro``
+runs the same stage under ``accelerate launch --multi_gpu --num_processes 2`` (two gloo processes
+on CPU), from scratch and after one of the two processes is killed mid-run. Each time the manifest
+and every image must be byte-identical to the reference.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from pipeline_utils import command_env, make_project, run, smoke_overrides
+
+DVC = str(Path(sys.executable).parent / "dvc")
+STAGE = "pipelines/synth/dvc.yaml:synth@txt2img"
+OUT = Path("data/synthetic/txt2img")
+ACCELERATE = f"{Path(sys.executable).parent / 'accelerate'} launch"
+TWO = f"{ACCELERATE} --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+
+
+def set_launch(root: Path, launch: str) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runtime"]["launch"] = launch
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def files(root: Path) -> dict[str, bytes]:
+    out = root / OUT
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    overrides = smoke_overrides()
+    # enough batches (1 row each, 30 steps) that a process can be killed while both are working
+    overrides["synth"] |= {"per_class": 4, "batch_size": 1, "steps": 30}
+    root = make_project(tmp_path_factory.mktemp("launch"), overrides)
+    run([DVC, "repro", STAGE], root)
+    return root, files(root)
+
+
+def test_two_processes_write_the_same_set_as_one(project):
+    root, reference = project
+    plan = pd.read_csv(root / OUT / "manifest.csv")
+    assert len(plan) >= 8 and len(reference) == len(plan) + 2  # images, plan.csv, manifest.csv
+    set_launch(root, TWO)
+    subprocess.run(["rm", "-rf", str(root / OUT)], check=True)
+    proc = run([DVC, "repro", STAGE], root)
+    log = proc.stdout + proc.stderr
+    assert "accelerate launch --multi_gpu --num_processes 2" in log  # DVC ran the templated command
+    assert "process 0 of 2 has generated" in log and "process 1 of 2 has generated" in log
+    assert files(root) == reference
+
+
+def _rank_pids(rank: int) -> list[int]:
+    """The processes started by accelerate (torchrun) with RANK=rank."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"synth.py" in cmdline and b"accelerate" not in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_process_then_a_rerun_completes_without_duplicate_or_missing_rows(project):
+    root, reference = project
+    set_launch(root, TWO)
+    subprocess.run(["rm", "-rf", str(root / OUT)], check=True)
+    cmd, env = command_env([DVC, "repro", STAGE])
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        images = list((root / OUT / "images").rglob("*.png")) if (root / OUT / "images").exists() else []
+        victims = _rank_pids(1)
+        if images and victims:
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.communicate(timeout=300)
+    assert killed, "no image appeared while both processes ran"
+    assert proc.returncode != 0
+    assert not (root / OUT / "manifest.csv").exists()  # the interrupted set is not marked complete
+    assert len(list((root / OUT / "images").rglob("*.png"))) < len(reference) - 2
+    run([DVC, "repro", STAGE], root)
+    manifest = pd.read_csv(root / OUT / "manifest.csv")
+    assert manifest["image"].is_unique
+    assert files(root) == reference
+
+
+def test_a_launch_command_that_cannot_start_is_one_line_naming_the_param(project):
+    root, _ = project
+    proc = run(
+        [sys.executable, "stages/launch.py", "stages/synth.py", "txt2img", "--", "acelerate", "launch"],
+        root,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "runtime.launch" in lines[0] and "acelerate" in lines[0]
+
+
+def test_more_processes_than_plan_rows_is_an_error_naming_the_param(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+    from tailsynth.errors import TailsynthError
+    from tailsynth.methods import registry
+
+    from _synth import run_set
+
+    class EightProcesses:  # accelerate's PartialState, as 8 launched processes would see it
+        num_processes, process_index, is_main_process = 8, 0, True
+
+    plan = pd.DataFrame({"image": ["images/a.png", "images/b.png"], "seed": [1, 2]})
+    method = registry.get("txt2img", registry.LONG_TAIL, registry.GENERATED)
+    with pytest.raises(TailsynthError, match=r"runtime.launch starts 8 processes .* 2 rows"):
+        run_set(
+            EightProcesses(),
+            method,
+            registry.LONG_TAIL,
+            plan,
+            None,
+            None,
+            size=8,
+            channels=1,
+            batch_size=1,
+            out=tmp_path / "set",
+        )
+    assert not (tmp_path / "set").exists()
