@@ -53,10 +53,18 @@ def stage(fn: Callable[..., None]) -> Callable[..., None]:
     return main
 
 
-def device() -> str:
-    import torch
+def device(params: dict):
+    """The torch device ``runtime.device`` names (``auto``: CUDA when present, else the CPU)."""
+    from tailsynth.runtime import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(require(params.get("runtime") or {}, "device", "runtime"))
+
+
+def inference_dtype(params: dict, dev):
+    """The precision ``runtime.dtype`` names for sampling on ``dev`` (``auto``: fp16 on CUDA, else fp32)."""
+    from tailsynth.runtime import resolve_dtype
+
+    return resolve_dtype(require(params.get("runtime") or {}, "dtype", "runtime"), dev)
 
 
 def progress_bar(total: int, desc: str):

@@ -14,7 +14,7 @@ from tailsynth.methods.registry import Method
 from tailsynth.synth.guidance import GuidanceConfig
 from tailsynth.synth.plan import finalize_rows
 
-from _common import prepared_dir
+from _common import inference_dtype, prepared_dir
 from _synth import GENERATOR_INFO, image_hashes, process_device, process_state, run_set, source_loader
 
 GENERATOR = "models/generator_unclip"
@@ -56,9 +56,9 @@ def generate_ladder_set(
     from tailsynth.synth.guidance import FeedbackGuidance, class_gaussians
     from tailsynth.synth.unclip_sampler import UnCLIPSampler
 
-    state = process_state()
-    dev = process_device(state)
-    dtype = torch.float16 if str(dev).startswith("cuda") else torch.float32
+    state = process_state(params)
+    dev = process_device(state, params)
+    dtype = inference_dtype(params, dev)
     sampler = UnCLIPSampler(load_unclip(GENERATOR, device=dev, dtype=dtype, param="generator_unclip"), p["scheduler"])
     settings.check(sampler.noise_levels)
     classifier, gaussians, guide = None, None, ""

@@ -1,6 +1,6 @@
 """Stage glue for training a classifier from a params section (classifier, oracle, retrain)."""
 
-from _common import device, progress_bar
+from _common import progress_bar
 
 
 def fit_from_params(
@@ -14,11 +14,12 @@ def fit_from_params(
     batch_transform=None,
     groups=None,
     where: str = "retrain",
+    device,
 ):
     """Build and train a classifier as a params section (classifier, oracle, retrain) describes it.
 
     ``groups`` (N,) integer group codes, where the data has groups, serve ``balanced: group``;
-    ``where`` names the section in errors.
+    ``where`` names the section in errors; ``device`` is where it trains (``runtime.device``).
     """
     from tailsynth.errors import TailsynthError
     from tailsynth.models.classifier import build_classifier, load_pretrained_backbone
@@ -59,7 +60,7 @@ def fit_from_params(
             seed=seed,
             transform=transform,
             batch_transform=batch_transform,
-            device=device(),
+            device=device,
             callback=lambda step, loss: bar.update(step + 1 - bar.n),
             log_every=25,
             groups=groups,

@@ -12,7 +12,7 @@ from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.synth.plan import read_synthetic
 
-from _common import log
+from _common import device, log
 from _fit import fit_from_params
 
 AUGMENTS = ("none", "weak", "strong")
@@ -81,6 +81,7 @@ def retrain_models(params: dict, data: RetrainData):
             transform=data.transform,
             batch_transform=data.batch_transform,
             groups=data.groups,
+            device=device(params),
         )
         yield seed, model
 

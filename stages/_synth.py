@@ -13,24 +13,25 @@ from tailsynth.io import folder_digest
 from tailsynth.methods.registry import Method
 from tailsynth.synth.runner import finish, run_plan, write_manifest
 
-from _common import device, log, progress_bar
+from _common import device, inference_dtype, log, progress_bar
 
 GENERATOR = "models/generator"
 GENERATOR_INFO = "tailsynth.json"
 
 
 class Synthesis:
-    """The generator loaded once per process (fp16 on CUDA), with accelerate's process layout."""
+    """The generator loaded once per process, on ``runtime.device`` in ``runtime.dtype``, in accelerate's
+    process layout."""
 
-    def __init__(self, scheduler: str):
+    def __init__(self, scheduler: str, params: dict):
         # Imported here, not at the top: diffusers takes about 4 s to import, and bad params should
         # fail before that.
         from tailsynth.models.generator import load_pipeline
         from tailsynth.synth.sampler import LatentDiffusionSampler
 
-        self.state = process_state()
-        self.device = process_device(self.state)
-        dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
+        self.state = process_state(params)
+        self.device = process_device(self.state, params)
+        dtype = inference_dtype(params, self.device)
         self.sampler = LatentDiffusionSampler(load_pipeline(GENERATOR, device=self.device, dtype=dtype), scheduler)
         # The weights and configs (not tailsynth.json, a description of the run) and the precision.
         self.weights_id = f"{folder_digest(GENERATOR, exclude=(GENERATOR_INFO,))}-{dtype}"
@@ -116,17 +117,17 @@ def run_set(
     return manifest
 
 
-def process_state():
+def process_state(params: dict):
     """accelerate's process layout: one process, or this one's place under a multi-process launch
     (``runtime.launch``; gloo between CPU processes, where accelerate would otherwise run each alone)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=device() == "cpu")
+    return PartialState(cpu=device(params).type == "cpu")
 
 
-def process_device(state) -> torch.device | str:
-    """The device of this process: accelerate's under a multi-GPU launch, else CUDA when present."""
-    return device() if state.device.type == "cpu" else state.device
+def process_device(state, params: dict) -> torch.device:
+    """The device of this process: accelerate's (one GPU each) under a multi-GPU launch, else ``runtime.device``."""
+    return state.device if state.num_processes > 1 and state.device.type == "cuda" else device(params)
 
 
 def image_hashes(manifest: pd.DataFrame) -> dict[str, str]:

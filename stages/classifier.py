@@ -17,7 +17,7 @@ from tailsynth.metrics.accuracy import bucket_accuracy
 from tailsynth.metrics.multilabel import bucket_map
 from tailsynth.models.classifier import predict, save_classifier
 
-from _common import load_params, log, prepared_dir, stage
+from _common import device, load_params, log, prepared_dir, stage
 from _fit import fit_from_params
 
 OUT = "models/classifier"
@@ -34,7 +34,15 @@ def main() -> None:
     images, labels = load_targets(folder, "train", channels, k)
     transform, batch_transform = training_augmentation(p["augment"], k)
     model = fit_from_params(
-        p, images, labels, k, seed=p["seed"], transform=transform, batch_transform=batch_transform, where="classifier"
+        p,
+        images,
+        labels,
+        k,
+        seed=p["seed"],
+        transform=transform,
+        batch_transform=batch_transform,
+        where="classifier",
+        device=device(params),
     )
     test_x, test_y = load_targets(folder, "test", channels, k)
     if labels.ndim == 2:  # multi-label: no confusion matrix (GeNIe's source choice takes single-label data)

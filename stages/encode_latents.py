@@ -38,7 +38,7 @@ def main() -> None:
 
     from tailsynth.models.generator import saved_pipeline_resolution
 
-    vae = AutoencoderKL.from_pretrained(f"{GENERATOR}/vae", use_safetensors=True).to(device()).eval()
+    vae = AutoencoderKL.from_pretrained(f"{GENERATOR}/vae", use_safetensors=True).to(device(params)).eval()
     # the side the generator's UNet runs at (its latents are what fuse and refine see), not the VAE's own
     # sample_size, which a pipeline need not share
     resolution = saved_pipeline_resolution(GENERATOR)

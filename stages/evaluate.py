@@ -46,7 +46,8 @@ def main(method: str) -> None:
     runs = sorted(Path("models/retrain", method).glob("seed*"), key=lambda p: int(p.name[4:]))
     if not runs:
         raise TailsynthError(f"no retrained models in models/retrain/{method}; run retrain@{method} first")
-    logits = [predict(load_classifier(run, device()), test_x)[0] for run in runs]
+    dev = device(params)
+    logits = [predict(load_classifier(run, dev), test_x)[0] for run in runs]
     multilabel = test_y.ndim == 2
     if multilabel:
         result, per_seed = evaluate_multilabel_runs([x.sigmoid().numpy() for x in logits], test_y.numpy(), classes)
@@ -64,11 +65,11 @@ def main(method: str) -> None:
             if multilabel:  # each test image stands for every label it shows; the criteria take single labels
                 shown = test_y.nonzero()
                 result.update(
-                    synthetic_quality(images, labels, test_x[shown[:, 0]], shown[:, 1], density_k, multilabel=True)
+                    synthetic_quality(images, labels, test_x[shown[:, 0]], shown[:, 1], density_k, dev, multilabel=True)
                 )
             else:
-                result.update(synthetic_quality(images, labels, test_x, test_y, density_k))
-                result.update(guide_criteria(images, labels, folder, channels, len(classes)))
+                result.update(synthetic_quality(images, labels, test_x, test_y, density_k, dev))
+                result.update(guide_criteria(images, labels, folder, channels, len(classes), dev))
     scores = result["map" if multilabel else "acc"]
     log.info(
         "evaluate %s: %s %s", method, "mAP" if multilabel else "accuracy", {k: round(v, 4) for k, v in scores.items()}
@@ -90,6 +91,7 @@ def synthetic_quality(
     test_x: torch.Tensor,
     test_y: torch.Tensor,
     k: int,
+    dev,
     multilabel: bool = False,
 ) -> dict:
     """For synthetic ``images`` (N, C, H, W) in [0, 1] made for classes ``labels`` (N,): oracle_acc (label
@@ -99,7 +101,7 @@ def synthetic_quality(
     ``multilabel``: the oracle is a multi-label one, and oracle_acc is the share of images whose
     oracle score for the class they were made for is above 0.5 (it detects that label, whatever
     else it sees); else the share the oracle classifies as that class."""
-    oracle = load_classifier("models/oracle", device())
+    oracle = load_classifier("models/oracle", dev)
     logits, feats = predict(oracle, images)
     if multilabel:
         hit = logits.gather(1, labels[:, None])[:, 0] > 0  # sigmoid > 0.5
@@ -130,7 +132,6 @@ def synthetic_quality(
     if path is None:
         log.info("%s", reason)
     else:
-        dev = device()
         out["fid"] = frechet_distance(inception_features(images, device=dev), inception_features(real, device=dev))
     return out
 

@@ -31,7 +31,7 @@ from tailsynth.synth.criteria import CRITERIA
 from tailsynth.synth.guidance import mean_criteria
 from tailsynth.synth.plan import read_synthetic
 
-from _common import load_params, log, prepared_dir, require, stage
+from _common import device, load_params, log, prepared_dir, require, stage
 
 OUT = Path("data/synthetic/feedback_sweep")
 UNGUIDED = "ldm_text_image_dropout"  # the row above the guided ones: the same plan at ω = 0
@@ -79,7 +79,7 @@ def main() -> None:
     test_x, test_y = load_split(folder, "test", channels)
     test_x = test_x.float() / 255
     if generated:  # once for every generated set: the guide and its class Gaussians do not depend on omega
-        guide, gaussians = load_guide(folder, channels, len(classes))
+        guide, gaussians = load_guide(folder, channels, len(classes), device(params))
     for omega in generated:
         synthetic = OUT / sweep_key(omega)
         data = retrain_data(params, folder, f"{guided.name} at omega {omega:g}", synthetic)

@@ -16,7 +16,7 @@ from tailsynth.methods import registry
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.models.classifier import build_classifier, load_pretrained_backbone, save_classifier
 
-from _common import load_params, log, prepared_dir, require, stage
+from _common import device, load_params, log, prepared_dir, require, stage
 from _fit import fit_from_params
 
 OUT = "models/fewshot_backbone"
@@ -69,6 +69,7 @@ def main() -> None:
             transform=transform,
             batch_transform=batch_transform,
             where="fewshot_backbone",
+            device=device(params),
         )
         log.info("few-shot backbone trained on %d images of base classes %s", int(keep.sum()), base)
         extra = {"role": "fewshot_backbone", "base_classes": base}

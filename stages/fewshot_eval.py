@@ -40,7 +40,7 @@ def main(method: str) -> None:
     folder = prepared_dir(params)
     channels, _ = image_shape(folder)
     episodes = read_episodes()
-    backbone = load_classifier(BACKBONE, device())
+    backbone = load_classifier(BACKBONE, device(params))
     features = episode_features(backbone, folder, episodes, channels)
     result: dict = {}
     if not m.generated:
@@ -82,7 +82,7 @@ def main(method: str) -> None:
 
         gen_features = features_by_image(backbone, source, used["image"].tolist(), channels)
         extras = generated_extras(pick, gen_features, ways)
-        result["oracle_acc"] = oracle_accuracy(load_classifier("models/oracle", device()), source, used, channels)
+        result["oracle_acc"] = oracle_accuracy(load_classifier("models/oracle", device(params)), source, used, channels)
         result["n_synthetic"] = int(len(used))
     accs = evaluate_episodes(episodes, shots, features, extras, c=p["c"], max_iter=p["max_iter"])
     for k, a in accs.items():

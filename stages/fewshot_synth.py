@@ -69,7 +69,7 @@ def main(method: str) -> None:
         source_hashes=image_hashes(manifest),
         class_groups=class_groups(manifest) if uses_group(params["generator"]["prompt"]) else None,
     )
-    synthesis = Synthesis(p["scheduler"])
+    synthesis = Synthesis(p["scheduler"], params)
     plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)
 
     def ada_choices_file(manifest, out) -> None:

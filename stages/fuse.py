@@ -52,7 +52,7 @@ def main() -> None:
         high=t["high"],
         low=t["low"],
     )
-    models = load_models(MODELS, device())
+    models = load_models(MODELS, device(params))
     fused, shares = fuse_latents(models, latents, maps, pairs, p["batch_size"])
     pairs["tail_share"] = shares
     pairs["labels_policy"] = policy

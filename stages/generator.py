@@ -52,7 +52,7 @@ def main() -> None:
         kl_weight=v["kl_weight"],
         target_mse=v.get("target_mse"),  # null or absent: always `steps`
         seed=p["seed"],
-        device=device(),
+        device=device(params),
         callback=progress("vae"),
     )
     t_vae = time.perf_counter() - t0
@@ -71,7 +71,7 @@ def main() -> None:
         ema_decay=u["ema_decay"],
         log_every=100,
         seed=p["seed"],
-        device=device(),
+        device=device(params),
         callback=progress("unet"),
     )
     # Only what params, data and code determine: this folder's digest keys every synthetic image,

@@ -13,7 +13,7 @@ from tailsynth.report.grid import save_class_grid
 from tailsynth.seeding import derive_seed
 from tailsynth.synth.sampler import LatentDiffusionSampler
 
-from _common import device, load_params, log, prepared_dir, stage
+from _common import device, inference_dtype, load_params, log, prepared_dir, stage
 
 
 @stage
@@ -23,8 +23,8 @@ def main() -> None:
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, size = image_shape(folder)
-    dev = device()
-    dtype = torch.float16 if dev == "cuda" else torch.float32
+    dev = device(params)
+    dtype = inference_dtype(params, dev)
     sampler = LatentDiffusionSampler(load_pipeline("models/generator", device=dev, dtype=dtype), p["scheduler"])
     oracle = load_classifier("models/oracle", device=dev)
     images, labels = [], []

@@ -51,7 +51,7 @@ def main() -> None:
     from tailsynth.models import generator as gen
     from tailsynth.models import unclip as uc
 
-    dev = device()
+    dev = device(params)
     base = gen.load_pipeline("models/generator", device=dev)
     encoder, processor = uc.build_image_encoder(
         images.shape[-1],

@@ -22,7 +22,7 @@ from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.report.grid import save_class_grid
 from tailsynth.seeding import derive_seed
 
-from _common import device, load_params, log, prepared_dir, stage
+from _common import device, inference_dtype, load_params, log, prepared_dir, stage
 
 GRID = "metrics/plots/generator_unclip_samples.png"
 
@@ -43,8 +43,8 @@ def main() -> None:
     from tailsynth.models.unclip import load_unclip
     from tailsynth.synth.unclip_sampler import UnCLIPSampler
 
-    dev = device()
-    dtype = torch.float16 if dev == "cuda" else torch.float32
+    dev = device(params)
+    dtype = inference_dtype(params, dev)
     sampler = UnCLIPSampler(
         load_unclip("models/generator_unclip", device=dev, dtype=dtype, param="generator_unclip"), p["scheduler"]
     )

@@ -8,7 +8,7 @@ from tailsynth.methods.augment import weak_transform
 from tailsynth.metrics.average_precision import mean_average_precision
 from tailsynth.models.classifier import load_classifier, predict, save_classifier
 
-from _common import load_params, log, prepared_dir, require, stage
+from _common import device, load_params, log, prepared_dir, require, stage
 from _fit import fit_from_params
 
 OUT = "models/oracle"
@@ -24,7 +24,14 @@ def main() -> None:
     if p["source"] == "train":
         images, labels = load_targets(folder, p["train_split"], channels, len(classes), "oracle.train_split")
         model = fit_from_params(
-            p, images, labels, len(classes), seed=p["seed"], transform=weak_transform(), where="oracle"
+            p,
+            images,
+            labels,
+            len(classes),
+            seed=p["seed"],
+            transform=weak_transform(),
+            where="oracle",
+            device=device(params),
         )
     elif p["source"] == "path":
         model = load_classifier(require(p, "model", "oracle"))

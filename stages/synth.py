@@ -39,7 +39,7 @@ def main(method: str) -> None:
         seed=p["seed"],
         source_hashes=image_hashes(manifest),
     )
-    synthesis = Synthesis(p["scheduler"])
+    synthesis = Synthesis(p["scheduler"], params)
     plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)
     synthesis.run(
         m,

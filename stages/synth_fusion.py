@@ -65,7 +65,7 @@ def main(method: str) -> None:
                 "head_hash": hashes.get(pair["head_image"], ""),
             }
         )
-    synthesis = Synthesis("ddim")
+    synthesis = Synthesis("ddim", params)
     plan = finalize_rows(rows, synthesis.generator_id(channels, size), m.key_fields)
     from tailsynth.methods.fusion.refine import FusionRefiner
 

@@ -55,7 +55,7 @@ def main(method: str) -> None:
         seed=p["seed"],
         source_hashes=image_hashes(manifest),
     )
-    synthesis = Synthesis(p["scheduler"])
+    synthesis = Synthesis(p["scheduler"], params)
     generator_id = synthesis.generator_id(channels, size)
     if grid:  # the kept image also depends on the embedding network and the grid
         generator_id += f"-{folder_digest(CLASSIFIER)}-{grid}"

@@ -46,7 +46,7 @@ def main() -> None:
         log.info("generation %d: %s", generation, {k: round(v, 4) for k, v in metrics.items()})
         curve.append({"generation": generation, **metrics, "uniform": uniform, "tanh_capped_tau1": capped})
 
-    models = train_iterated(latents, targets, config, il, device=device(), callback=record)
+    models = train_iterated(latents, targets, config, il, device=device(params), callback=record)
     final = {k: v for k, v in curve[-1].items() if k not in ("generation", "uniform", "tanh_capped_tau1")}
     with atomic_dir(OUT) as tmp:
         save_models(models, tmp, {"train_samples": len(latents)})

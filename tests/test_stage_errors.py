@@ -218,3 +218,12 @@ def test_a_prompt_naming_the_group_on_a_dataset_without_groups(project):
     proc = project("generator.py", params={"generator": {"prompt": "a photo of a {name}, {group}"}})
     assert_one_line_error(proc, "generator.prompt names {group}", "no group column")
     assert not (project.root / "models").exists()
+
+
+def test_runtime_device_and_dtype_errors_name_the_param_before_any_output(project):
+    assert project("prepare.py").returncode == 0
+    proc = project("classifier.py", params={"runtime": {"device": "cuda:99"}})
+    assert_one_line_error(proc, "runtime.device", "cuda:99")
+    proc = project("synth.py", "txt2img", params={"runtime": {"device": "cpu", "dtype": "fp16"}})
+    assert_one_line_error(proc, "runtime.dtype fp16", "CPU")
+    assert not (project.root / "models").exists() and not (project.root / "data" / "synthetic").exists()

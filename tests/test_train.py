@@ -168,11 +168,14 @@ def test_stem_stride_reaches_the_model_from_a_params_section(tmp_path):
 
     section = {"arch": "small_cnn", "width": 4, "steps": 1, "batch_size": 4, "lr": 0.01, "stem_stride": 1}
     x, y = torch.rand(8, 1, 12, 12), torch.arange(8) % 2
-    model = fit_from_params(section, x, y, 2, seed=0)
+    model = fit_from_params(section, x, y, 2, seed=0, device="cpu")
     assert model.config["stem_stride"] == 1 and model.net.features[0][0].stride == (1, 1)
     save_classifier(model, tmp_path / "clf")
     assert load_classifier(tmp_path / "clf").net.features[0][0].stride == (1, 1)
-    assert fit_from_params({**section, "stem_stride": 2}, x, y, 2, seed=0).net.features[0][0].stride == (2, 2)
+    assert fit_from_params({**section, "stem_stride": 2}, x, y, 2, seed=0, device="cpu").net.features[0][0].stride == (
+        2,
+        2,
+    )
     with pytest.raises(TailsynthError, match="stem_stride must be 1 or 2"):
         build_classifier("small_cnn", 2, 1, 12, stem_stride=3)
 
