@@ -6,7 +6,7 @@ For each size, writes a synthetic ImageFolder (``size`` train JPEGs of ``px`` px
 test split of 20 per class), copies the pipeline's stages and library into a project there with
 params for it (``data.dataset: imagefolder``, ``px`` px RGB, 20 training steps), and runs the
 stages ``prepare``, ``classifier``, ``retrain none`` and ``evaluate none`` one by one. It prints each
-stage's peak resident memory (``wait4``'s ``ru_maxrss`` of the stage's process) per size and the
+stage's peak resident memory (``profile_repro.timed``: ``wait4``'s ``ru_maxrss``, the largest process) per size and the
 growth from the smallest to the largest size; the target is at most 1.2x for a 10x larger dataset.
 Training steps are few on purpose: memory, not accuracy, is measured, and holding a split in RAM
 costs the same at any step count.
@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_repro import ROOT, timed  # noqa: E402
+
 STAGES = (("prepare", []), ("classifier", []), ("retrain", ["none"]), ("evaluate", ["none"]))
 CLASSES = 10
 
@@ -56,16 +56,6 @@ def make_project(dest: Path, images: Path, px: int) -> None:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def peak_rss(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of ``cmd``; raises when it fails."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-3000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # ru_maxrss is in KiB on Linux
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
@@ -82,7 +72,9 @@ def main() -> None:
         make_project(project, images, args.px)
         env["PYTHONPATH"] = str(project / "src")
         for name, stage_args in STAGES:
-            mib, wall = peak_rss([sys.executable, f"stages/{name}.py", *stage_args], project, env)
+            wall, mib, code = timed([sys.executable, f"stages/{name}.py", *stage_args], project, env)
+            if code:
+                raise SystemExit(f"stage {name} failed at {size} images (exit {code}); its stderr is above")
             rss[name].append(mib)
             print(f"{size:>7} images  {name:<10} peak RSS {mib:8.0f} MiB  ({wall:.0f} s)", flush=True)
     print()

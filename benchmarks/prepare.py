@@ -11,7 +11,6 @@ times, the speedup (serial / parallel) and whether the two folders are byte-iden
 from __future__ import annotations
 
 import argparse
-import filecmp
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 
 from tailsynth.data.imagefolder import scan_imagefolder
 from tailsynth.data.prepare import write_prepared
+from tailsynth.io import folder_digest
 
 
 def make_imagefolder(root: Path, images: int, size: int, classes: int = 10) -> None:
@@ -62,12 +62,6 @@ def timed_prepare(root: Path, out: Path, size: int, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def same_folders(a: Path, b: Path) -> bool:
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=3000)
@@ -80,7 +74,7 @@ def main() -> None:
     make_imagefolder(root, args.images, args.source_size)
     serial = timed_prepare(root, args.work / "serial", args.size, 0)
     parallel = timed_prepare(root, args.work / "parallel", args.size, args.workers)
-    identical = same_folders(args.work / "serial", args.work / "parallel")
+    identical = folder_digest(args.work / "serial") == folder_digest(args.work / "parallel")
     print(
         f"prepare of {args.images} {args.source_size}px JPEGs -> {args.size}px: serial {serial:.2f} s, "
         f"{args.workers} workers {parallel:.2f} s: {serial / parallel:.2f}x; byte-identical: {identical}"
