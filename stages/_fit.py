@@ -1,6 +1,37 @@
-"""Stage glue for training a classifier from a params section (classifier, oracle, retrain)."""
+"""Stage glue for training a classifier from a params section (classifier, oracle, retrain, fewshot_backbone),
+in one process or data-parallel under ``runtime.launch``, at ``runtime.train_precision``."""
 
-from _common import progress_bar
+import sys
+
+from _common import device, log, progress_bar, require
+
+
+def training_accelerator(params: dict):
+    """An ``accelerate.Accelerator`` for this process: the launch's process layout (gloo between CPU processes)
+    and the mixed precision ``runtime.train_precision`` names, checked against ``runtime.device``."""
+    from accelerate import Accelerator
+
+    from tailsynth.train.distributed import resolve_precision
+
+    dev = device(params)
+    precision = resolve_precision(require(params["runtime"], "train_precision", "runtime"), dev)
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=precision, device_placement=False)
+
+
+def training_device(accelerator, params: dict):
+    """accelerate's device (one GPU per process) under a multi-GPU launch, else ``runtime.device``."""
+    multi_gpu = accelerator.num_processes > 1 and accelerator.device.type == "cuda"
+    return accelerator.device if multi_gpu else device(params)
+
+
+def exit_unless_main() -> None:
+    """End every process but the main one, once training is done: the main process evaluates and writes alone."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if not state.is_main_process:
+        log.info("process %d of %d has trained its share", state.process_index, state.num_processes)
+        sys.exit(0)
 
 
 def fit_from_params(
@@ -14,12 +45,14 @@ def fit_from_params(
     batch_transform=None,
     groups=None,
     where: str = "retrain",
-    device,
+    params: dict,
 ):
     """Build and train a classifier as a params section (classifier, oracle, retrain) describes it.
 
     ``groups`` (N,) integer group codes, where the data has groups, serve ``balanced: group``;
-    ``where`` names the section in errors; ``device`` is where it trains (``runtime.device``).
+    ``where`` names the section in errors; ``params`` (the whole params) give the device, the launch's
+    process layout and the precision. Every process returns the trained model (call
+    :func:`exit_unless_main` before writing anything).
     """
     from tailsynth.errors import TailsynthError
     from tailsynth.models.classifier import build_classifier, load_pretrained_backbone
@@ -51,6 +84,12 @@ def fit_from_params(
         lr=section["lr"],
         balanced=balanced,
     )
+    accelerator = training_accelerator(params)
+    if config.batch_size % accelerator.num_processes:
+        raise TailsynthError(
+            f"{where}.batch_size {config.batch_size} does not split over the {accelerator.num_processes} processes "
+            "of runtime.launch; use a multiple of the process count"
+        )
     with progress_bar(config.steps, f"train {section['arch']} seed {seed}") as bar:
         return fit_classifier(
             model,
@@ -60,7 +99,8 @@ def fit_from_params(
             seed=seed,
             transform=transform,
             batch_transform=batch_transform,
-            device=device,
+            device=training_device(accelerator, params),
+            accelerator=accelerator,
             callback=lambda step, loss: bar.update(step + 1 - bar.n),
             log_every=25,
             groups=groups,

@@ -12,8 +12,8 @@ from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.synth.plan import read_synthetic
 
-from _common import device, log
-from _fit import fit_from_params
+from _common import log
+from _fit import exit_unless_main, fit_from_params
 
 AUGMENTS = ("none", "weak", "strong")
 
@@ -70,7 +70,13 @@ def retrain_data(params: dict, folder: Path, method: str, synthetic: Path | None
 
 
 def retrain_models(params: dict, data: RetrainData):
-    """Yields ``(seed, model)`` for the ``eval.seeds`` seeds, each trained as ``retrain`` says on ``data``."""
+    """Yields ``(seed, model)`` for the ``eval.seeds`` seeds, each trained as ``retrain`` says on ``data``.
+
+    Under a multi-process ``runtime.launch`` only the main process gets the models: the others train
+    their share of every seed, then exit.
+    """
+    from accelerate import PartialState
+
     for seed in range(params["eval"]["seeds"]):
         model = fit_from_params(
             params["retrain"],
@@ -81,9 +87,11 @@ def retrain_models(params: dict, data: RetrainData):
             transform=data.transform,
             batch_transform=data.batch_transform,
             groups=data.groups,
-            device=device(params),
+            params=params,
         )
-        yield seed, model
+        if PartialState().is_main_process:
+            yield seed, model
+    exit_unless_main()
 
 
 def train_groups(folder: Path) -> torch.Tensor | None:

@@ -17,8 +17,8 @@ from tailsynth.metrics.accuracy import bucket_accuracy
 from tailsynth.metrics.multilabel import bucket_map
 from tailsynth.models.classifier import predict, save_classifier
 
-from _common import device, load_params, log, prepared_dir, stage
-from _fit import fit_from_params
+from _common import load_params, log, prepared_dir, stage
+from _fit import exit_unless_main, fit_from_params
 
 OUT = "models/classifier"
 
@@ -42,8 +42,9 @@ def main() -> None:
         transform=transform,
         batch_transform=batch_transform,
         where="classifier",
-        device=device(params),
+        params=params,
     )
+    exit_unless_main()
     test_x, test_y = load_targets(folder, "test", channels, k)
     if labels.ndim == 2:  # multi-label: no confusion matrix (GeNIe's source choice takes single-label data)
         score = bucket_map(test_y.numpy(), predict(model, test_x.float() / 255)[0].sigmoid().numpy(), classes)

@@ -16,8 +16,8 @@ from tailsynth.methods import registry
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.models.classifier import build_classifier, load_pretrained_backbone, save_classifier
 
-from _common import device, load_params, log, prepared_dir, require, stage
-from _fit import fit_from_params
+from _common import load_params, log, prepared_dir, require, stage
+from _fit import exit_unless_main, fit_from_params
 
 OUT = "models/fewshot_backbone"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -69,8 +69,9 @@ def main() -> None:
             transform=transform,
             batch_transform=batch_transform,
             where="fewshot_backbone",
-            device=device(params),
+            params=params,
         )
+        exit_unless_main()
         log.info("few-shot backbone trained on %d images of base classes %s", int(keep.sum()), base)
         extra = {"role": "fewshot_backbone", "base_classes": base}
     else:

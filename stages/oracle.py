@@ -8,8 +8,8 @@ from tailsynth.methods.augment import weak_transform
 from tailsynth.metrics.average_precision import mean_average_precision
 from tailsynth.models.classifier import load_classifier, predict, save_classifier
 
-from _common import device, load_params, log, prepared_dir, require, stage
-from _fit import fit_from_params
+from _common import load_params, log, prepared_dir, require, stage
+from _fit import exit_unless_main, fit_from_params
 
 OUT = "models/oracle"
 
@@ -31,8 +31,9 @@ def main() -> None:
             seed=p["seed"],
             transform=weak_transform(),
             where="oracle",
-            device=device(params),
+            params=params,
         )
+        exit_unless_main()
     elif p["source"] == "path":
         model = load_classifier(require(p, "model", "oracle"))
         want = {"num_classes": len(classes), "in_channels": channels}

@@ -168,9 +168,10 @@ def test_served_stages_write_the_same_bytes_as_fresh_interpreters(tmp_path):
     assert set(locks[0]) == {"prepare", "classifier", "generator"}
     assert locks[0] == locks[1]
     log = served(tmp_path)
-    for script in ("prepare", "classifier", "generator"):  # served, not fallen back to the real interpreter
-        assert f"{tmp_path / 'False'} stages/{script}.py" in log
-        assert f"{tmp_path / 'True'} stages/{script}.py" not in log
+    # served, not fallen back to the real interpreter (classifier through stages/launch.py, as runtime.launch says)
+    for command in ("stages/prepare.py", "stages/launch.py stages/classifier.py -- python", "stages/generator.py"):
+        assert f"{tmp_path / 'False'} {command}\n" in log
+        assert f"{tmp_path / 'True'} {command}" not in log
 
 
 SHUTDOWN = """\

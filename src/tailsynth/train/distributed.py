@@ -1,0 +1,124 @@
+"""Data-parallel training: each process's share of a global batch, batch norm and dropout of the global batch,
+and the training precision. accelerate (DDP) averages the gradients; this module decides what each process
+computes.
+
+The guarantee: N processes draw the same images in the same order as one process (the global batch of
+step s is draws ``s*B .. s*B + B - 1``; process i takes the i-th contiguous ``B/N`` of them, each augmented
+by its draw number), normalise batch norm over the whole global batch, drop the same units as one
+process would (every process draws the global batch's dropout mask from the same seeded stream and
+keeps its rows), and average gradients over it, so they compute the one-process update up to
+floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.nn.functional import all_reduce  # differentiable: its backward all-reduces the gradient
+
+from tailsynth.errors import TailsynthError
+
+# runtime.train_precision -> accelerate's mixed_precision
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_precision(value: str, device: torch.device | str) -> str:
+    """accelerate's ``mixed_precision`` for ``runtime.train_precision`` (fp32 | bf16 | fp16) on ``device``.
+
+    Raises ``TailsynthError`` naming the param for an unknown value, fp16 on the CPU (no loss scaling
+    there) or bf16 on a GPU without it.
+    """
+    device = torch.device(device)
+    if value not in PRECISIONS:
+        raise TailsynthError(f"runtime.train_precision {value!r} is not one of {', '.join(PRECISIONS)}")
+    if value == "fp16" and device.type == "cpu":
+        raise TailsynthError("runtime.train_precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    if value == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TailsynthError(
+            f"runtime.train_precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16"
+        )
+    return PRECISIONS[value]
+
+
+def shard(batch_size: int, process_index: int, num_processes: int) -> slice:
+    """The positions in a global batch of ``batch_size`` draws that process ``process_index`` trains on.
+
+    Contiguous and equal: a global batch that does not split evenly is a ``ValueError`` (the mean
+    gradient over unequal shards would weight them unequally).
+    """
+    if batch_size % num_processes:
+        raise ValueError(f"a batch of {batch_size} does not split evenly over {num_processes} processes")
+    local = batch_size // num_processes
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training statistics cover the global batch of every process in the default process
+    group (torch's ``SyncBatchNorm`` does this on GPUs only; this one runs on any backend, gloo included).
+
+    Mean first, then the centred second moment (two all-reduces, as numerically stable as one process);
+    the all-reduces are differentiable, so the backward pass is that of the global batch too. Outside
+    training, or in a single process, it is a plain ``BatchNorm2d``. Same parameters and buffers.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        xf = x.float()
+        count = torch.tensor([xf.numel() / xf.shape[1]], device=x.device)
+        total = all_reduce(torch.cat([xf.sum(dims), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = xf - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum(dims)) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+            unbiased = var.detach() * (n / (n - 1))
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+class GlobalDropout(nn.Dropout):
+    """``Dropout`` whose mask is this process's rows of the mask one process would draw for the global batch.
+
+    Every process holds the same random state (seeded alike, consumed alike), draws the mask of the
+    whole global batch (equal shares, this process's the ``rank``-th) exactly as ``F.dropout`` would on
+    it, and keeps its own rows: the units dropped do not depend on the number of processes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.p > 0 and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        local = x.shape[0]
+        ones = torch.ones((local * world, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        mask = nn.functional.dropout(ones, self.p, training=True)
+        return x * mask[rank * local : (rank + 1) * local]
+
+
+GLOBAL = {nn.BatchNorm2d: GlobalBatchNorm2d, nn.Dropout: GlobalDropout}
+
+
+def global_batch(module: nn.Module) -> nn.Module:
+    """``module`` with every ``BatchNorm2d`` and ``Dropout`` made its global-batch version
+    (:class:`GlobalBatchNorm2d`, :class:`GlobalDropout`) in place: same weights and buffers."""
+    for child in module.modules():
+        if type(child) in GLOBAL:
+            child.__class__ = GLOBAL[type(child)]
+    return module
+
+
+def local_batch(module: nn.Module) -> nn.Module:
+    """Undo :func:`global_batch` in place: the trained model is an ordinary one."""
+    back = {v: k for k, v in GLOBAL.items()}
+    for child in module.modules():
+        if type(child) in back:
+            child.__class__ = back[type(child)]
+    return module
