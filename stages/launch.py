@@ -1,5 +1,4 @@
-"""Run a stage under ``runtime.launch``, the launcher that ``dvc.yaml`` templates into the command of the
-generation stages and of the classifier trainings (classifier, oracle, retrain@*, fewshot_backbone).
+"""Run a generation stage under ``runtime.launch``, the launcher that ``dvc.yaml`` templates into its command.
 
     python stages/launch.py stages/synth.py txt2img -- accelerate launch --multi_gpu --num_processes 8
 
