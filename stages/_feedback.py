@@ -15,7 +15,7 @@ from tailsynth.synth.guidance import GuidanceConfig
 from tailsynth.synth.plan import finalize_rows
 
 from _common import inference_dtype, prepared_dir
-from _synth import GENERATOR_INFO, image_hashes, process_device, process_state, run_set, source_loader
+from _synth import GENERATOR_INFO, Engine, image_hashes, run_set, source_loader
 
 GENERATOR = "models/generator_unclip"
 CLASSIFIER = "models/classifier"
@@ -56,8 +56,8 @@ def generate_ladder_set(
     from tailsynth.synth.guidance import FeedbackGuidance, class_gaussians
     from tailsynth.synth.unclip_sampler import UnCLIPSampler
 
-    state = process_state(params)
-    dev = process_device(state, params)
+    engine = Engine(params)
+    dev = engine.device
     dtype = inference_dtype(params, dev)
     sampler = UnCLIPSampler(load_unclip(GENERATOR, device=dev, dtype=dtype, param="generator_unclip"), p["scheduler"])
     settings.check(sampler.noise_levels)
@@ -110,7 +110,7 @@ def generate_ladder_set(
         return images, pd.DataFrame({"criterion_value": values.float().cpu().numpy()})
 
     return run_set(
-        state,
+        engine,
         method,
         registry.LONG_TAIL,
         plan,

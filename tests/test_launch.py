@@ -125,11 +125,14 @@ def test_more_processes_than_plan_rows_is_an_error_naming_the_param(tmp_path):
     class EightProcesses:  # accelerate's PartialState, as 8 launched processes would see it
         num_processes, process_index, is_main_process = 8, 0, True
 
+    class Launched:  # the engine of a stage under that launch
+        state = EightProcesses()
+
     plan = pd.DataFrame({"image": ["images/a.png", "images/b.png"], "seed": [1, 2]})
     method = registry.get("txt2img", registry.LONG_TAIL, registry.GENERATED)
     with pytest.raises(TailsynthError, match=r"runtime.launch starts 8 processes .* 2 rows"):
         run_set(
-            EightProcesses(),
+            Launched(),
             method,
             registry.LONG_TAIL,
             plan,
@@ -198,3 +201,43 @@ def test_a_batch_that_does_not_split_over_the_processes_is_an_error_naming_the_p
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("classifier.batch_size 33 does not split over the 2 processes" in e for e in errors)
     assert (root / "models/classifier/model.safetensors").read_bytes() == before
+
+
+def set_engine(root: Path, engine: str, actors: int = 2) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runtime"] |= {"engine": engine, "ray": {"actors": actors, "gpus_per_actor": 0, "cpus_per_actor": 1}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_the_ray_engine_completes_a_set_to_the_same_bytes_as_one_process(project):
+    """runtime.engine ray on a local Ray (2 actors, CPU), through dvc repro: with every other image of the
+    reference set removed, map_batches over the pending batches makes exactly those again, byte for byte,
+    and the manifest is the plain runner's."""
+    root, reference = project
+    set_launch(root, "python")
+    set_engine(root, "ray")
+    try:
+        images = sorted((root / OUT / "images").rglob("*.png"))
+        for path in images[::2]:
+            path.unlink()
+        (root / OUT / "manifest.csv").unlink()
+        proc = run([DVC, "repro", STAGE], root)
+        assert files(root) == reference
+        assert "on Ray (local), 2 actors" in proc.stdout + proc.stderr
+    finally:
+        set_engine(root, "launch")
+
+
+def test_an_unreachable_ray_address_is_one_line_naming_it(project):
+    root, reference = project
+    set_engine(root, "ray")
+    try:
+        cmd, env = command_env([sys.executable, "stages/synth.py", "txt2img"])
+        env["RAY_ADDRESS"] = "127.0.0.1:9"  # the discard port: nothing listens there
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        set_engine(root, "launch")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RAY_ADDRESS=127.0.0.1:9 cannot be reached" in lines[0], proc.stderr
+    assert files(root) == reference  # nothing written, nothing removed

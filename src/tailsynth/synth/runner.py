@@ -89,28 +89,47 @@ def run_plan(
     for i, batch in enumerate(batches(plan, batch_size)):
         if i % num_processes != process_index:
             continue
-        missing = [not image_ok(folder / rel, image_size) for rel in batch["image"]]
-        if not any(missing):
-            continue
-        sources = load_sources(batch)
-        images, extras = _generated(generate(batch, sources), channels, image_size)
-        for pos, (rel, img) in enumerate(zip(batch["image"], images, strict=True)):
-            if not missing[pos]:
-                continue
-            # Per-row results (e.g. Ada's chosen_r) travel inside the PNG, so a resumed run keeps them.
-            text = {} if extras is None else {k: repr(float(v)) for k, v in extras.iloc[pos].items()}
-            if bad_image(img):  # NaN or black: once more, alone, with a derived seed; then reported, not hidden
-                row = batch.iloc[[pos]]
-                seed = retry_seed(row["seed"].iloc[0])
-                one = None if sources is None else sources[pos : pos + 1]
-                again, again_extras = _generated(generate(row.assign(seed=seed), one), channels, image_size)
-                img = again[0]
-                text = {} if again_extras is None else {k: repr(float(v)) for k, v in again_extras.iloc[0].items()}
-                text |= {"retry_seed": repr(float(seed)), "failed": repr(float(bad_image(img)))}
-            save_png(img.nan_to_num(0.0), folder / rel, text or None)
-        if progress is not None:
-            progress(sum(missing))
+        written = write_batch(batch, folder, generate, load_sources, image_size=image_size, channels=channels)
+        if written and progress is not None:
+            progress(written)
     return plan
+
+
+def write_batch(
+    batch: pd.DataFrame,
+    folder: Path,
+    generate: GenerateFn,
+    load_sources: SourceFn,
+    *,
+    image_size: int,
+    channels: int,
+) -> int:
+    """Generate one batch of plan rows (see :func:`batches`) and write its missing images; returns how many.
+
+    A batch with any image missing is generated whole, so its images are the same bytes whatever
+    was already done. A NaN or black sample is generated once more alone, with a seed derived from
+    its own; the PNG records that retry.
+    """
+    missing = [not image_ok(folder / rel, image_size) for rel in batch["image"]]
+    if not any(missing):
+        return 0
+    sources = load_sources(batch)
+    images, extras = _generated(generate(batch, sources), channels, image_size)
+    for pos, (rel, img) in enumerate(zip(batch["image"], images, strict=True)):
+        if not missing[pos]:
+            continue
+        # Per-row results (e.g. Ada's chosen_r) travel inside the PNG, so a resumed run keeps them.
+        text = {} if extras is None else {k: repr(float(v)) for k, v in extras.iloc[pos].items()}
+        if bad_image(img):  # NaN or black: once more, alone, with a derived seed; then reported, not hidden
+            row = batch.iloc[[pos]]
+            seed = retry_seed(row["seed"].iloc[0])
+            one = None if sources is None else sources[pos : pos + 1]
+            again, again_extras = _generated(generate(row.assign(seed=seed), one), channels, image_size)
+            img = again[0]
+            text = {} if again_extras is None else {k: repr(float(v)) for k, v in again_extras.iloc[0].items()}
+            text |= {"retry_seed": repr(float(seed)), "failed": repr(float(bad_image(img)))}
+        save_png(img.nan_to_num(0.0), folder / rel, text or None)
+    return sum(missing)
 
 
 def _generated(out, channels: int, image_size: int) -> tuple[torch.Tensor, pd.DataFrame | None]:
