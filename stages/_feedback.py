@@ -59,7 +59,8 @@ def generate_ladder_set(
     engine = Engine(params)
     dev = engine.device
     dtype = inference_dtype(params, dev)
-    sampler = UnCLIPSampler(load_unclip(GENERATOR, device=dev, dtype=dtype, param="generator_unclip"), p["scheduler"])
+    pipe = engine.prepare(load_unclip(GENERATOR, device=dev, dtype=dtype, param="generator_unclip"))
+    sampler = UnCLIPSampler(pipe, p["scheduler"])
     settings.check(sampler.noise_levels)
     classifier, gaussians, guide = None, None, ""
     if config is not None:
@@ -82,7 +83,7 @@ def generate_ladder_set(
         image_hashes=image_hashes(manifest),
         guide=guide,
     )
-    generator_id = f"{folder_digest(GENERATOR, exclude=(GENERATOR_INFO,))}-{dtype}-{channels}x{size}"
+    generator_id = f"{folder_digest(GENERATOR, exclude=(GENERATOR_INFO,))}-{dtype}{engine.key}-{channels}x{size}"
     plan = finalize_rows(rows, generator_id, method.key_fields)
 
     def generate(batch: pd.DataFrame, conds: torch.Tensor | None):

@@ -23,6 +23,13 @@ ENGINES = ("launch", "ray")
 STAGES = Path(__file__).resolve().parent
 
 
+def compile_unet(pipe, on: bool):
+    """``pipe`` with ``torch.compile`` on its UNet when ``on`` (CUDA only; the first batches then take longer)."""
+    if on:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
 class Engine:
     """``runtime.engine``: ``launch`` (the processes of ``runtime.launch`` share the plan) or ``ray`` (Ray Data
     actors, ``runtime.ray``, against ``RAY_ADDRESS`` or a local Ray), and the device its pipelines run on."""
@@ -58,6 +65,23 @@ class Engine:
             self.device = torch.device("cuda" if self.ray.gpus_per_actor else "cpu")
         else:
             self.device = process_device(self.state, params)
+        self.compile = require(runtime, "compile", "runtime")
+        if not isinstance(self.compile, bool):
+            raise TailsynthError(f"runtime.compile must be true or false, got {self.compile!r}")
+        if self.compile and self.device.type != "cuda":
+            raise TailsynthError(
+                f"runtime.compile is true but the generation runs on {self.device.type}; torch.compile of the UNet "
+                "is for CUDA: set runtime.compile to false here"
+            )
+
+    def prepare(self, pipe):
+        """``pipe`` with its UNet compiled when ``runtime.compile`` says so."""
+        return compile_unet(pipe, self.compile)
+
+    @property
+    def key(self) -> str:
+        """What the engine adds to every row key: compiled kernels may round differently."""
+        return "-compiled" if self.compile else ""
 
     def run_plan(self, plan, out, generate, load_sources, *, size, channels, batch_size, progress) -> None:
         """Generate the plan's pending rows: this process's shard of the batches, or all of them on Ray actors."""
@@ -105,9 +129,10 @@ class Synthesis:
         self.dtype = inference_dtype(params, self.device)
         self.scheduler = scheduler
         self.folder = Path(GENERATOR).resolve()
+        self.compile = self.engine.compile
         self._sampler = None
-        # The weights and configs (not tailsynth.json, a description of the run) and the precision.
-        self.weights_id = f"{folder_digest(GENERATOR, exclude=(GENERATOR_INFO,))}-{self.dtype}"
+        # The weights and configs (not tailsynth.json, a description of the run), the precision, compilation.
+        self.weights_id = f"{folder_digest(GENERATOR, exclude=(GENERATOR_INFO,))}-{self.dtype}{self.engine.key}"
 
     @property
     def sampler(self):
@@ -117,7 +142,7 @@ class Synthesis:
             from tailsynth.models.generator import load_pipeline
             from tailsynth.synth.sampler import LatentDiffusionSampler
 
-            pipe = load_pipeline(self.folder, device=self.device, dtype=self.dtype)
+            pipe = compile_unet(load_pipeline(self.folder, device=self.device, dtype=self.dtype), self.compile)
             self._sampler = LatentDiffusionSampler(pipe, self.scheduler)
         return self._sampler
 

@@ -226,4 +226,8 @@ def test_runtime_device_and_dtype_errors_name_the_param_before_any_output(projec
     assert_one_line_error(proc, "runtime.device", "cuda:99")
     proc = project("synth.py", "txt2img", params={"runtime": {"device": "cpu", "dtype": "fp16"}})
     assert_one_line_error(proc, "runtime.dtype fp16", "CPU")
+    proc = project("synth.py", "txt2img", params={"runtime": {"device": "cpu", "compile": True}})
+    assert_one_line_error(proc, "runtime.compile is true", "CUDA")
+    proc = project("synth_feedback.py", "ldm_text", params={"runtime": {"device": "cpu", "compile": "yes"}})
+    assert_one_line_error(proc, "runtime.compile must be true or false", "'yes'")
     assert not (project.root / "models").exists() and not (project.root / "data" / "synthetic").exists()
