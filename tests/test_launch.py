@@ -146,7 +146,7 @@ def test_more_processes_than_plan_rows_is_an_error_naming_the_param(tmp_path):
     assert not (tmp_path / "set").exists()
 
 
-TRAINED = ("models/classifier", "models/retrain/none/seed0", "models/retrain/none/seed1")
+TRAINED = ("models/retrain/none/seed0", "models/retrain/none/seed1")
 
 
 def _weights(root: Path) -> dict[str, dict]:
@@ -162,13 +162,13 @@ def _relative(a: dict, b: dict) -> float:
     return (diff / sum(float(a[k].double().square().sum()) for k in keys)) ** 0.5
 
 
-def test_two_processes_train_the_classifier_and_retrain_as_one(project):
-    """classifier (one fit) and retrain@none (one fit per eval seed) under the 2-process launch: the main
-    process alone writes what one process writes, weights within 1e-3 relative L2 (measured: 4.4e-5 for
-    the classifier, 1.8e-4 and 1.2e-5 for the two seeds; test_distributed_fit pins the training itself
-    to float level)."""
+def test_two_processes_train_retrain_as_one(project):
+    """retrain@none (one fit per eval seed, then the writes) under the 2-process launch: the main process
+    alone writes what one process writes, weights within 1e-3 relative L2 (measured: 1.8e-4 and 1.2e-5
+    for the two seeds, 4.4e-5 for the classifier stage; test_distributed_fit pins the training itself
+    to float level). The classifier, oracle and fewshot_backbone stages share the same glue."""
     root, _ = project
-    stages = ["classifier", "pipelines/retrain/dvc.yaml:retrain@none"]
+    stages = ["pipelines/retrain/dvc.yaml:retrain@none"]
     set_launch(root, "python")
     run([DVC, "repro", *stages], root)
     one = _weights(root)
@@ -176,8 +176,8 @@ def test_two_processes_train_the_classifier_and_retrain_as_one(project):
     set_launch(root, TWO)
     proc = run([DVC, "repro", *stages], root)
     log = proc.stdout + proc.stderr
-    assert "launch.py stages/classifier.py -- " in log and "accelerate launch --multi_gpu --num_processes 2" in log
-    assert log.count("process 1 of 2 has trained its share") == 2  # once per stage, after the last seed
+    assert "launch.py stages/retrain.py none -- " in log and "accelerate launch --multi_gpu --num_processes 2" in log
+    assert log.count("process 1 of 2 has trained its share") == 1  # once, after the last seed
     two = _weights(root)
     for name in TRAINED:
         assert one[name].keys() == two[name].keys()
@@ -186,21 +186,22 @@ def test_two_processes_train_the_classifier_and_retrain_as_one(project):
     assert sorted(str(p.relative_to(root)) for p in (root / "models").rglob("*")) == listing
 
 
-def test_a_batch_that_does_not_split_over_the_processes_is_an_error_naming_the_param(project):
-    root, _ = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    original, params["classifier"]["batch_size"] = params["classifier"]["batch_size"], 33
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    before = (root / "models/classifier/model.safetensors").read_bytes()
-    try:
-        proc = run([sys.executable, "stages/launch.py", "stages/classifier.py", "--", *TWO.split()], root, check=False)
-    finally:
-        params["classifier"]["batch_size"] = original
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert errors and all("classifier.batch_size 33 does not split over the 2 processes" in e for e in errors)
-    assert (root / "models/classifier/model.safetensors").read_bytes() == before
+def test_a_batch_that_does_not_split_over_the_processes_is_an_error_naming_the_param(monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+    import torch
+
+    from tailsynth.errors import TailsynthError
+
+    import _fit
+
+    class TwoProcesses:  # an Accelerator as each of 2 launched processes sees it
+        num_processes, process_index, is_main_process = 2, 0, True
+
+    monkeypatch.setattr(_fit, "training_accelerator", lambda params: TwoProcesses())
+    section = {"arch": "small_cnn", "width": 4, "steps": 1, "batch_size": 33, "lr": 0.01}
+    x, y = torch.rand(8, 1, 12, 12), torch.arange(8) % 2
+    with pytest.raises(TailsynthError, match=r"classifier.batch_size 33 does not split over the 2 processes"):
+        _fit.fit_from_params(section, x, y, 2, seed=0, where="classifier", params={})
 
 
 def set_engine(root: Path, engine: str, actors: int = 2) -> None:
