@@ -182,7 +182,7 @@ def test_two_processes_train_retrain_as_one(project):
     for name in TRAINED:
         assert one[name].keys() == two[name].keys()
         assert _relative(one[name], two[name]) < 1e-3, name
-    # the other process wrote nothing and left no temporary folder
+    # the same files as one process, and no temporary folder left by either process
     assert sorted(str(p.relative_to(root)) for p in (root / "models").rglob("*")) == listing
 
 
