@@ -67,6 +67,19 @@ def inference_dtype(params: dict, dev):
     return resolve_dtype(require(params.get("runtime") or {}, "dtype", "runtime"), dev)
 
 
+def data_loading(params: dict) -> tuple[int, int]:
+    """``runtime.loader``: (DataLoader workers that decode streamed images, the most bytes of an image set
+    held in memory instead of streamed), checked."""
+    from tailsynth.errors import TailsynthError
+
+    section = require(params.get("runtime") or {}, "loader", "runtime")
+    values = [require(section, key, "runtime.loader") for key in ("workers", "in_memory_mib")]
+    for key, value in zip(("workers", "in_memory_mib"), values, strict=True):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TailsynthError(f"runtime.loader.{key} must be a whole number >= 0, got {value!r}")
+    return values[0], values[1] * 2**20
+
+
 def progress_bar(total: int, desc: str):
     """A tqdm bar on stderr, quiet when not attached to a terminal."""
     from tqdm.auto import tqdm

@@ -3,7 +3,7 @@ in one process or data-parallel under ``runtime.launch``, at ``runtime.train_pre
 
 import sys
 
-from _common import device, log, progress_bar, require
+from _common import data_loading, device, log, progress_bar, require
 
 
 def training_accelerator(params: dict):
@@ -51,7 +51,8 @@ def fit_from_params(
 
     ``groups`` (N,) integer group codes, where the data has groups, serve ``balanced: group``;
     ``where`` names the section in errors; ``params`` (the whole params) give the device, the launch's
-    process layout and the precision. Every process returns the trained model (call
+    process layout, the precision and the DataLoader workers that decode streamed ``images``
+    (:mod:`tailsynth.data.stream`). Every process returns the trained model (call
     :func:`exit_unless_main` before writing anything).
     """
     from tailsynth.errors import TailsynthError
@@ -90,6 +91,7 @@ def fit_from_params(
             f"{where}.batch_size {config.batch_size} does not split over the {accelerator.num_processes} processes "
             "of runtime.launch; use a multiple of the process count"
         )
+    workers, _ = data_loading(params)
     with progress_bar(config.steps, f"train {section['arch']} seed {seed}") as bar:
         return fit_classifier(
             model,
@@ -104,4 +106,5 @@ def fit_from_params(
             callback=lambda step, loss: bar.update(step + 1 - bar.n),
             log_every=25,
             groups=groups,
+            workers=workers,
         )

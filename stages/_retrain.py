@@ -6,13 +6,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
-from tailsynth.data.targets import load_targets, rows_targets
+from tailsynth.data.manifest import image_shape, read_classes, read_manifest, select_rows
+from tailsynth.data.stream import ImageFiles, ImageSet, keep_in_memory, row_paths
+from tailsynth.data.targets import rows_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.synth.plan import read_synthetic
 
-from _common import log
+from _common import data_loading, log
 from _fit import exit_unless_main, fit_from_params
 
 AUGMENTS = ("none", "weak", "strong")
@@ -20,11 +21,12 @@ AUGMENTS = ("none", "weak", "strong")
 
 @dataclass
 class RetrainData:
-    """Real train images (+ synthetic) as uint8 (N, C, H, W) with ``labels`` (class indices (N,), or
+    """Real train images (+ synthetic): an image set of :mod:`tailsynth.data.stream` (uint8 (N, C, H, W) in
+    memory, or streamed from disk past ``runtime.loader.in_memory_mib``), with ``labels`` (class indices (N,), or
     multi-hot (N, K) rows on multi-label data), ``groups`` (N,) or None, and the augmentation that
     retrain applies to them."""
 
-    images: torch.Tensor
+    images: ImageSet
     labels: torch.Tensor
     groups: torch.Tensor | None
     num_classes: int
@@ -43,13 +45,14 @@ def retrain_data(params: dict, folder: Path, method: str, synthetic: Path | None
     p = params["retrain"]
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
-    images, labels = load_targets(folder, "train", channels, len(classes))
+    rows = select_rows(read_manifest(folder, multilabel=True), "train")
+    files, labels = ImageFiles(row_paths(folder, rows), channels), rows_targets(rows, len(classes))
     n_real = len(labels)
     groups = train_groups(folder)
     augment = params.get("augment", {})
     if synthetic is not None:
         rows = read_synthetic(synthetic)
-        images = torch.cat([images, load_rows(synthetic, rows, channels)])
+        files = files + ImageFiles(row_paths(synthetic, rows), channels)
         added = rows_targets(rows, len(classes))
         if labels.ndim == 2 and added.ndim == 1:  # on multi-label data, an image made for class c shows c only
             added = F.one_hot(added, len(classes)).float()
@@ -65,7 +68,14 @@ def retrain_data(params: dict, folder: Path, method: str, synthetic: Path | None
     if groups is not None:  # synthetic images form one more group of their class
         n_synthetic = len(labels) - n_real
         groups = torch.cat([groups, torch.full((n_synthetic,), int(groups.max()) + 1, dtype=torch.int64)])
-    log.info("retrain %s: %d real + %d synthetic images", method, n_real, len(labels) - n_real)
+    images = keep_in_memory(files, data_loading(params)[1])
+    log.info(
+        "retrain %s: %d real + %d synthetic images (%s)",
+        method,
+        n_real,
+        len(labels) - n_real,
+        "in memory" if isinstance(images, torch.Tensor) else "streamed from disk",
+    )
     return RetrainData(images, labels, groups, len(classes), n_real, transform, batch_transform)
 
 

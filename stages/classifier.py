@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 
 from tailsynth.data.manifest import image_shape, read_classes
-from tailsynth.data.targets import load_targets
+from tailsynth.data.targets import open_targets
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.metrics.accuracy import bucket_accuracy
 from tailsynth.metrics.multilabel import bucket_map
 from tailsynth.models.classifier import predict, save_classifier
 
-from _common import load_params, log, prepared_dir, stage
+from _common import data_loading, load_params, log, prepared_dir, stage
 from _fit import exit_unless_main, fit_from_params
 
 OUT = "models/classifier"
@@ -31,7 +31,8 @@ def main() -> None:
     channels, _ = image_shape(folder)
     classes = read_classes(folder)
     k = len(classes)
-    images, labels = load_targets(folder, "train", channels, k)
+    workers, in_memory = data_loading(params)
+    images, labels = open_targets(folder, "train", channels, k, in_memory)
     transform, batch_transform = training_augmentation(p["augment"], k)
     model = fit_from_params(
         p,
@@ -45,15 +46,15 @@ def main() -> None:
         params=params,
     )
     exit_unless_main()
-    test_x, test_y = load_targets(folder, "test", channels, k)
+    test_x, test_y = open_targets(folder, "test", channels, k, in_memory)
     if labels.ndim == 2:  # multi-label: no confusion matrix (GeNIe's source choice takes single-label data)
-        score = bucket_map(test_y.numpy(), predict(model, test_x.float() / 255)[0].sigmoid().numpy(), classes)
+        score = bucket_map(test_y.numpy(), predict(model, test_x, workers=workers)[0].sigmoid().numpy(), classes)
         log.info("baseline classifier test mAP %s", score)
         with atomic_dir(OUT) as tmp:
             save_classifier(model, tmp, extra={"role": "baseline"})
         write_json("metrics/classifier.json", {"map": score})
         return
-    train_logits = predict(model, images.float() / 255)[0]
+    train_logits = predict(model, images, workers=workers)[0]
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels.numpy(), train_logits.argmax(1).numpy()), 1)
     # The train split is usually fitted almost perfectly, so the hard matrix is nearly diagonal;
@@ -61,7 +62,7 @@ def main() -> None:
     soft = np.zeros((k, k))
     np.add.at(soft, labels.numpy(), train_logits.softmax(1).numpy())
     soft /= np.maximum(np.bincount(labels.numpy(), minlength=k), 1)[:, None]
-    acc = bucket_accuracy(predict(model, test_x.float() / 255)[0].argmax(1).numpy(), test_y.numpy(), classes)
+    acc = bucket_accuracy(predict(model, test_x, workers=workers)[0].argmax(1).numpy(), test_y.numpy(), classes)
     log.info("baseline classifier test accuracy %s", acc)
     names = [c["name"] for c in classes]
     with atomic_dir(OUT) as tmp:

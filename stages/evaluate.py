@@ -13,8 +13,9 @@ import torch
 from _guide import guide_criteria
 from _not_applicable import skip_if_not_applicable
 
-from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
-from tailsynth.data.targets import load_targets
+from tailsynth.data.manifest import image_shape, read_classes, read_manifest, select_rows
+from tailsynth.data.stream import open_images, select
+from tailsynth.data.targets import open_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, write_json
 from tailsynth.methods import registry
@@ -25,7 +26,7 @@ from tailsynth.metrics.multilabel import evaluate_multilabel_runs
 from tailsynth.models.classifier import load_classifier, predict
 from tailsynth.synth.plan import read_synthetic
 
-from _common import device, load_params, log, prepared_dir, require, stage
+from _common import data_loading, device, load_params, log, prepared_dir, require, stage
 
 
 @stage
@@ -41,13 +42,13 @@ def main(method: str) -> None:
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
-    test_x, test_y = load_targets(folder, "test", channels, len(classes))
-    test_x = test_x.float() / 255
+    workers, in_memory = data_loading(params)
+    test_x, test_y = open_targets(folder, "test", channels, len(classes), in_memory)
     runs = sorted(Path("models/retrain", method).glob("seed*"), key=lambda p: int(p.name[4:]))
     if not runs:
         raise TailsynthError(f"no retrained models in models/retrain/{method}; run retrain@{method} first")
     dev = device(params)
-    logits = [predict(load_classifier(run, dev), test_x)[0] for run in runs]
+    logits = [predict(load_classifier(run, dev), test_x, workers=workers)[0] for run in runs]
     multilabel = test_y.ndim == 2
     if multilabel:
         result, per_seed = evaluate_multilabel_runs([x.sigmoid().numpy() for x in logits], test_y.numpy(), classes)
@@ -60,16 +61,18 @@ def main(method: str) -> None:
         synthetic = m.synthetic_dir(registry.LONG_TAIL)
         rows = read_synthetic(synthetic)
         if len(rows):  # read once for both: the oracle's metrics and the guiding classifier's criteria
-            images = load_rows(synthetic, rows, channels).float() / 255
+            images = open_images(synthetic, rows, channels, in_memory)
             labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)  # the class each image was made for
             if multilabel:  # each test image stands for every label it shows; the criteria take single labels
                 shown = test_y.nonzero()
                 result.update(
-                    synthetic_quality(images, labels, test_x[shown[:, 0]], shown[:, 1], density_k, dev, multilabel=True)
+                    synthetic_quality(
+                        images, labels, select(test_x, shown[:, 0]), shown[:, 1], density_k, dev, workers, True
+                    )
                 )
             else:
-                result.update(synthetic_quality(images, labels, test_x, test_y, density_k, dev))
-                result.update(guide_criteria(images, labels, folder, channels, len(classes), dev))
+                result.update(synthetic_quality(images, labels, test_x, test_y, density_k, dev, workers))
+                result.update(guide_criteria(images, labels, folder, channels, len(classes), dev, in_memory, workers))
     scores = result["map" if multilabel else "acc"]
     log.info(
         "evaluate %s: %s %s", method, "mAP" if multilabel else "accuracy", {k: round(v, 4) for k, v in scores.items()}
@@ -92,17 +95,19 @@ def synthetic_quality(
     test_y: torch.Tensor,
     k: int,
     dev,
+    workers: int = 0,
     multilabel: bool = False,
 ) -> dict:
-    """For synthetic ``images`` (N, C, H, W) in [0, 1] made for classes ``labels`` (N,): oracle_acc (label
-    consistency), fd_oracle, density and coverage (k-NN balls, class by class) against real ``test_x``
-    of classes ``test_y`` and, with the Inception weights, Inception FID.
+    """For synthetic ``images`` made for classes ``labels`` (N,): oracle_acc (label consistency), fd_oracle,
+    density and coverage (k-NN balls, class by class) against real ``test_x`` of classes ``test_y`` and,
+    with the Inception weights, Inception FID. The images are image sets of :mod:`tailsynth.data.stream`
+    (uint8 in memory, or streamed by ``workers`` processes) or float tensors (N, C, H, W) in [0, 1].
 
     ``multilabel``: the oracle is a multi-label one, and oracle_acc is the share of images whose
     oracle score for the class they were made for is above 0.5 (it detects that label, whatever
     else it sees); else the share the oracle classifies as that class."""
     oracle = load_classifier("models/oracle", dev)
-    logits, feats = predict(oracle, images)
+    logits, feats = predict(oracle, images, workers=workers)
     if multilabel:
         hit = logits.gather(1, labels[:, None])[:, 0] > 0  # sigmoid > 0.5
     else:
@@ -110,13 +115,13 @@ def synthetic_quality(
     out = {"n_synthetic": int(len(labels)), "oracle_acc": float(hit.float().mean())}
     # Compare with real test images of the same classes only: the synthetic set covers a few classes.
     same = torch.isin(test_y, labels.unique())
-    real = test_x[same]
+    real = select(test_x, same)
     if len(real) < 2 or len(images) < 2:
         log.info(
             "fd_oracle and fid skipped: %d synthetic and %d real test images (need 2 each)", len(images), len(real)
         )
         return out
-    _, real_feats = predict(oracle, real)
+    _, real_feats = predict(oracle, real, workers=workers)
     out["fd_oracle"] = frechet_distance(feats.numpy(), real_feats.numpy())
     real_y = test_y[same]
     counts = {int(c): int((real_y == c).sum()) for c in labels.unique()}
@@ -132,7 +137,8 @@ def synthetic_quality(
     if path is None:
         log.info("%s", reason)
     else:
-        out["fid"] = frechet_distance(inception_features(images, device=dev), inception_features(real, device=dev))
+        fake_fid, real_fid = (inception_features(x, device=dev, workers=workers) for x in (images, real))
+        out["fid"] = frechet_distance(fake_fid, real_fid)
     return out
 
 

@@ -21,7 +21,9 @@ from _guide import load_guide
 from _not_applicable import skip_if_not_applicable
 from _retrain import retrain_data, retrain_models
 
-from tailsynth.data.manifest import image_shape, load_rows, load_split, read_classes
+from tailsynth.data.manifest import image_shape, read_classes
+from tailsynth.data.stream import open_images
+from tailsynth.data.targets import open_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_write_text, write_json
 from tailsynth.methods import registry
@@ -31,7 +33,7 @@ from tailsynth.synth.criteria import CRITERIA
 from tailsynth.synth.guidance import mean_criteria
 from tailsynth.synth.plan import read_synthetic
 
-from _common import device, load_params, log, prepared_dir, require, stage
+from _common import data_loading, device, load_params, log, prepared_dir, require, stage
 
 OUT = Path("data/synthetic/feedback_sweep")
 UNGUIDED = "ldm_text_image_dropout"  # the row above the guided ones: the same plan at ω = 0
@@ -76,19 +78,20 @@ def main() -> None:
     folder = prepared_dir(params)
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
-    test_x, test_y = load_split(folder, "test", channels)
-    test_x = test_x.float() / 255
+    workers, in_memory = data_loading(params)
+    test_x, test_y = open_targets(folder, "test", channels, len(classes), in_memory)
     if generated:  # once for every generated set: the guide and its class Gaussians do not depend on omega
-        guide, gaussians = load_guide(folder, channels, len(classes), device(params))
+        guide, gaussians = load_guide(folder, channels, len(classes), device(params), in_memory, workers)
     for omega in generated:
         synthetic = OUT / sweep_key(omega)
         data = retrain_data(params, folder, f"{guided.name} at omega {omega:g}", synthetic)
-        predictions = [predict(model, test_x)[0].argmax(1).numpy() for _, model in retrain_models(params, data)]
+        models = retrain_models(params, data)
+        predictions = [predict(model, test_x, workers=workers)[0].argmax(1).numpy() for _, model in models]
         result, _ = evaluate_runs(predictions, test_y.numpy(), classes)
         rows = read_synthetic(synthetic)
-        images = load_rows(synthetic, rows, channels).float() / 255
+        images = open_images(synthetic, rows, channels, in_memory)
         labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)
-        value = mean_criteria(guide, images, labels, gaussians)[f"criterion_{criterion}"]
+        value = mean_criteria(guide, images, labels, gaussians, workers)[f"criterion_{criterion}"]
         points[omega] = {"acc": result["acc"], "acc_std": result["acc_std"], "criterion": value, "set": str(synthetic)}
     table = []
     for omega in sorted(points):

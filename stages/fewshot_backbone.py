@@ -9,14 +9,15 @@ import torch
 from _not_applicable import skip_if_not_applicable
 
 from tailsynth.data.episodes import novel_classes
-from tailsynth.data.manifest import image_shape, load_split, read_manifest
+from tailsynth.data.manifest import image_shape, read_manifest, select_rows
+from tailsynth.data.stream import open_images
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir
 from tailsynth.methods import registry
 from tailsynth.methods.augment import training_augmentation
 from tailsynth.models.classifier import build_classifier, load_pretrained_backbone, save_classifier
 
-from _common import load_params, log, prepared_dir, require, stage
+from _common import data_loading, load_params, log, prepared_dir, require, stage
 from _fit import exit_unless_main, fit_from_params
 
 OUT = "models/fewshot_backbone"
@@ -49,8 +50,9 @@ def main() -> None:
         extra = {"role": "fewshot_backbone", "checkpoint": str(path)}
     elif p["source"] == "train":
         novel = set(novel_classes(read_manifest(folder), p["train_split"], f["episode_split"], f["novel_classes"]))
-        images, labels = load_split(folder, p["train_split"], channels, "fewshot_backbone.train_split")
-        keep = torch.tensor([int(y) not in novel for y in labels])
+        rows = select_rows(read_manifest(folder), p["train_split"], "fewshot_backbone.train_split")
+        labels = torch.tensor(rows["label"].tolist(), dtype=torch.int64)
+        keep = torch.tensor([int(y) not in novel for y in labels], dtype=torch.bool)
         base = sorted(set(labels[keep].tolist()))
         if len(base) < 2:
             raise TailsynthError(
@@ -62,7 +64,7 @@ def main() -> None:
         transform, batch_transform = training_augmentation(p["augment"], len(base))
         model = fit_from_params(
             p,
-            images[keep],
+            open_images(folder, rows[keep.numpy()], channels, data_loading(params)[1]),
             y,
             len(base),
             seed=p["seed"],

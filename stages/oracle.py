@@ -1,14 +1,14 @@
 """Stage oracle: an independent classifier, used only to judge label consistency of synthetic sets."""
 
 from tailsynth.data.manifest import image_shape, read_classes
-from tailsynth.data.targets import load_targets
+from tailsynth.data.targets import open_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.methods.augment import weak_transform
 from tailsynth.metrics.average_precision import mean_average_precision
 from tailsynth.models.classifier import load_classifier, predict, save_classifier
 
-from _common import load_params, log, prepared_dir, require, stage
+from _common import data_loading, load_params, log, prepared_dir, require, stage
 from _fit import exit_unless_main, fit_from_params
 
 OUT = "models/oracle"
@@ -21,8 +21,9 @@ def main() -> None:
     folder = prepared_dir(params)
     channels, _ = image_shape(folder)
     classes = read_classes(folder)
+    workers, in_memory = data_loading(params)
     if p["source"] == "train":
-        images, labels = load_targets(folder, p["train_split"], channels, len(classes), "oracle.train_split")
+        images, labels = open_targets(folder, p["train_split"], channels, len(classes), in_memory, "oracle.train_split")
         model = fit_from_params(
             p,
             images,
@@ -42,8 +43,8 @@ def main() -> None:
             raise TailsynthError(f"oracle.model {p['model']} expects {got}, the prepared dataset has {want}")
     else:
         raise TailsynthError(f"unknown oracle.source {p['source']!r}; use train or path")
-    test_x, test_y = load_targets(folder, "test", channels, len(classes))
-    logits = predict(model, test_x.float() / 255)[0]
+    test_x, test_y = open_targets(folder, "test", channels, len(classes), in_memory)
+    logits = predict(model, test_x, workers=workers)[0]
     if test_y.ndim == 2:  # multi-label: macro mAP; chance is the mAP of random scores, the mean prevalence
         shown = test_y.sum(0) > 0
         score = mean_average_precision(test_y.numpy(), logits.sigmoid().numpy())

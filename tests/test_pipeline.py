@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,21 @@ def test_synthetic_sets_follow_the_contract(project):
     hist = pd.read_csv(project / "metrics/plots/chosen_r.csv")
     assert hist["count"].sum() == len(ada)
     assert (pd.read_csv(project / "data/synthetic/genie/manifest.csv")["r"] == 0.7).all()
+
+
+def test_retrain_streamed_from_disk_writes_the_models_retrain_in_memory_wrote(project, tmp_path):
+    # runtime.loader.in_memory_mib 0 streams every image set: the real train split and GeNIe's set, decoded
+    # by 2 DataLoader workers. The stage must write the bytes that the pipeline's in-memory run wrote.
+    for folder in ("data/prepared", "data/synthetic/genie"):
+        shutil.copytree(project / folder, tmp_path / folder)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["runtime"]["loader"] = {"in_memory_mib": 0, "workers": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run([sys.executable, str(project / "stages/retrain.py"), "genie"], tmp_path)
+    assert "retrain genie: 372 real + 8 synthetic images (streamed from disk)" in proc.stderr
+    for seed in ("seed0", "seed1"):
+        streamed = tmp_path / "models/retrain/genie" / seed / "model.safetensors"
+        assert streamed.read_bytes() == (project / "models/retrain/genie" / seed / "model.safetensors").read_bytes()
 
 
 def test_feedback_sets_record_their_conditioning_image_criterion_and_final_value(project):

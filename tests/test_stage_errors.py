@@ -220,10 +220,14 @@ def test_a_prompt_naming_the_group_on_a_dataset_without_groups(project):
     assert not (project.root / "models").exists()
 
 
-def test_runtime_device_and_dtype_errors_name_the_param_before_any_output(project):
+def test_runtime_errors_name_the_param_before_any_output(project):
     assert project("prepare.py").returncode == 0
     proc = project("classifier.py", params={"runtime": {"device": "cuda:99"}})
     assert_one_line_error(proc, "runtime.device", "cuda:99")
+    proc = project("classifier.py", params={"runtime": {"loader": {"workers": -1, "in_memory_mib": 256}}})
+    assert_one_line_error(proc, "runtime.loader.workers must be a whole number >= 0", "-1")
+    proc = project("evaluate.py", "none", params={"runtime": {"loader": {"workers": 2, "in_memory_mib": "1G"}}})
+    assert_one_line_error(proc, "runtime.loader.in_memory_mib", "'1G'")
     proc = project("synth.py", "txt2img", params={"runtime": {"device": "cpu", "dtype": "fp16"}})
     assert_one_line_error(proc, "runtime.dtype fp16", "CPU")
     proc = project("synth.py", "txt2img", params={"runtime": {"device": "cpu", "compile": True}})

@@ -167,7 +167,7 @@ def test_stem_stride_reaches_the_model_from_a_params_section(tmp_path):
     from _fit import fit_from_params
 
     section = {"arch": "small_cnn", "width": 4, "steps": 1, "batch_size": 4, "lr": 0.01, "stem_stride": 1}
-    CPU = {"runtime": {"device": "cpu", "train_precision": "fp32"}}
+    CPU = {"runtime": {"device": "cpu", "train_precision": "fp32", "loader": {"workers": 0, "in_memory_mib": 1}}}
     x, y = torch.rand(8, 1, 12, 12), torch.arange(8) % 2
     model = fit_from_params(section, x, y, 2, seed=0, params=CPU)
     assert model.config["stem_stride"] == 1 and model.net.features[0][0].stride == (1, 1)

@@ -39,11 +39,17 @@ def test_fit_feeds_the_model_on_its_device(method, dtype):
     assert finished, "the fit stopped early on meta: a tensor met the model's outputs on another device"
 
 
-@pytest.mark.parametrize("as_dataset", [False, True])
-def test_predict_feeds_the_model_on_its_device(as_dataset):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_predict_feeds_the_model_on_its_device(streamed, tmp_path):
+    from PIL import Image
+
+    from tailsynth.data.stream import ImageFiles
+
     model = build_classifier("small_cnn", 3, 1, 16, width=4).to("meta")
     images = torch.rand(10, 1, 16, 16)
-    data = torch.utils.data.TensorDataset(images) if as_dataset else images
+    for i in range(len(images)):
+        Image.new("L", (16, 16), 100).save(tmp_path / f"{i}.png")
+    data = ImageFiles([tmp_path / f"{i}.png" for i in range(len(images))], 1) if streamed else images
     checked = run_on_meta(lambda: predict(model, data, batch_size=4))
     # predict normalises outside a module and stops at the first copy back to the CPU (meta has no data),
     # so the hook sees the feature extractor: its first conv gets the moved input.

@@ -73,3 +73,19 @@ def load_targets(
     """
     rows = select_rows(read_manifest(folder, multilabel=True), split, param)
     return load_rows(folder, rows, channels), rows_targets(rows, num_classes)
+
+
+def open_targets(
+    folder: str | Path,
+    split: str | list[str],
+    channels: int,
+    num_classes: int,
+    in_memory_bytes: int,
+    param: str = "split",
+):
+    """As :func:`load_targets`, but the images are an image set of :mod:`tailsynth.data.stream`: a uint8
+    tensor when the split takes at most ``in_memory_bytes``, else streamed from disk."""
+    from tailsynth.data.stream import open_images
+
+    rows = select_rows(read_manifest(folder, multilabel=True), split, param)
+    return open_images(folder, rows, channels, in_memory_bytes), rows_targets(rows, num_classes)

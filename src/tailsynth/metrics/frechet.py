@@ -65,15 +65,19 @@ def load_fid_inception(path: str | Path, device: str = "cpu"):
 
 
 @torch.no_grad()
-def inception_features(images: torch.Tensor, batch_size: int = 50, device: str = "cpu") -> np.ndarray:
-    """pytorch-fid pool3 features (N, 2048) of ``images`` (N, C, H, W) in [0, 1]; needs the weights file."""
+def inception_features(images, batch_size: int = 50, device: str = "cpu", workers: int = 0) -> np.ndarray:
+    """pytorch-fid pool3 features (N, 2048) of ``images``: (N, C, H, W) in [0, 1], or an image set of
+    :mod:`tailsynth.data.stream` (uint8, in memory or streamed by ``workers``); needs the weights file."""
+    from tailsynth.data.stream import batches, in_order
+
     path, reason = inception_weights_path()
     if path is None:
         raise FileNotFoundError(reason)
     model = load_fid_inception(path, device)
     feats = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].float().to(device)
+    for x in batches(images, in_order(len(images), batch_size), workers):
+        x = x.to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         feats.append(model(x)[0].squeeze(-1).squeeze(-1).cpu().numpy())

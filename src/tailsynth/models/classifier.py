@@ -195,26 +195,22 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> C
 
 
 @torch.no_grad()
-def predict(
-    model: Classifier, images: torch.Tensor | torch.utils.data.Dataset, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, K) and penultimate features (N, D) of ``images`` in eval mode."""
+def predict(model: Classifier, images, batch_size: int = 256, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and penultimate features (N, D) of ``images`` in eval mode, on the CPU.
+
+    ``images``: a float tensor (N, C, H, W) in [0, 1], or an image set of :mod:`tailsynth.data.stream`
+    (a uint8 tensor, or an ``ImageFiles`` that ``workers`` processes decode), scaled to [0, 1] a batch
+    at a time on the model's device, so no float copy of the whole set is made.
+    """
+    from tailsynth.data.stream import batches, in_order
+
     model.eval()
     device = next(model.parameters()).device
     logits, feats = [], []
-    for x in _iterate(images, batch_size):
+    for x in batches(images, in_order(len(images), batch_size), workers):
         x = x.to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
         f = model.features(x)
         feats.append(f.float().cpu())
         logits.append(model.net.head(f).float().cpu())
     return torch.cat(logits), torch.cat(feats)
-
-
-def _iterate(images: torch.Tensor | torch.utils.data.Dataset, batch_size: int):
-    if isinstance(images, torch.Tensor):
-        for start in range(0, len(images), batch_size):
-            yield images[start : start + batch_size]
-    else:
-        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
-        for batch in loader:
-            yield batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -193,19 +193,21 @@ class FeedbackGuidance:
 
 
 def class_gaussians(
-    classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, num_classes: int
+    classifier: Classifier, images, labels: torch.Tensor, num_classes: int, workers: int = 0
 ) -> ClassGaussians:
     """The hardness criterion's class Gaussians: :meth:`ClassGaussians.fit` on the classifier's
-    penultimate features of real ``images`` (N, C, H, W) in [0, 1] with ``labels`` (N,)."""
-    return ClassGaussians.fit(predict(classifier, images)[1], labels, num_classes)
+    penultimate features of real ``images`` (N, C, H, W) in [0, 1], or an image set of
+    :mod:`tailsynth.data.stream` (``workers`` decode a streamed one), with ``labels`` (N,)."""
+    return ClassGaussians.fit(predict(classifier, images, workers=workers)[1], labels, num_classes)
 
 
 @torch.no_grad()
 def mean_criteria(
-    classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, gaussians: ClassGaussians
+    classifier: Classifier, images, labels: torch.Tensor, gaussians: ClassGaussians, workers: int = 0
 ) -> dict[str, float]:
-    """Mean of every criterion (``criterion_<name>``) of ``images`` (N, C, H, W) in [0, 1] labelled ``labels``
-    (N,), by ``classifier``: how hard, uncertain or atypical a synthetic set is for the guiding classifier."""
-    logits, features = predict(classifier, images)
+    """Mean of every criterion (``criterion_<name>``) of ``images`` (N, C, H, W) in [0, 1], or an image set
+    of :mod:`tailsynth.data.stream`, labelled ``labels`` (N,), by ``classifier``: how hard, uncertain or
+    atypical a synthetic set is for the guiding classifier."""
+    logits, features = predict(classifier, images, workers=workers)
     g = gaussians.to("cpu")
     return {f"criterion_{name}": float(criterion_values(name, logits, features, labels, g).mean()) for name in CRITERIA}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
+from tailsynth.data.stream import ImageSet, batches
 from tailsynth.methods.augment import augment_batch
 from tailsynth.models.classifier import Classifier
 from tailsynth.train.distributed import global_batch, local_batch, shard
@@ -97,7 +98,7 @@ def draw_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
 
 def fit_classifier(
     model: Classifier,
-    images: torch.Tensor,
+    images: ImageSet,
     labels: torch.Tensor,
     config: FitConfig,
     *,
@@ -109,8 +110,11 @@ def fit_classifier(
     log_every: int = 1,
     groups: torch.Tensor | None = None,
     accelerator=None,
+    workers: int = 0,
 ) -> Classifier:
-    """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1]) and ``labels``: class
+    """Train ``model`` in place on ``images`` (N, C, H, W; uint8 or float in [0, 1], or an
+    :class:`~tailsynth.data.stream.ImageFiles` streamed from disk by ``workers`` DataLoader processes,
+    with the same batches as the images in memory) and ``labels``: class
     indices (N,), trained with softmax cross-entropy, or multi-hot rows (N, K), trained with
     binary cross-entropy per class (multi-label; ``balanced`` then re-samples by label, see
     :func:`class_balanced_weights`; group balancing needs class indices).
@@ -161,10 +165,13 @@ def fit_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     batch_gen = torch.Generator().manual_seed(seed + 17 + rank)
     window, in_window = torch.zeros((), device=device), 0
-    for step in range(config.steps):
-        start = step * config.batch_size + mine.start
-        idx = draws[start : start + mine.stop - mine.start]
-        x, y = images[idx].to(device), labels[idx].to(device)
+    local = mine.stop - mine.start
+    starts = [step * config.batch_size + mine.start for step in range(config.steps)]
+    # The batches are gathered (and, streamed, decoded in workers) ahead of the steps that train on them.
+    loaded = batches(images, [draws[s : s + local] for s in starts], workers)
+    for step, (start, x) in enumerate(zip(starts, loaded, strict=True)):
+        idx = draws[start : start + local]
+        x, y = x.to(device), labels[idx].to(device)
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         if transform is not None:
             x = augment_batch(transform, x, draw_generators(seed, start, start + len(idx)))
