@@ -120,7 +120,7 @@ def main() -> None:
         type=float,
         default=131.0,
         help="training RSS per train image at 64 px: the classifier's growth in benchmarks/memory.py "
-        "(7,225 - 1,439 MiB for 45,000 more images on 2026-12-07)",
+        "with the split held in memory (7,225 - 1,439 MiB for 45,000 more images on 2026-12-07, before streaming)",
     )
     args = ap.parse_args()
     net = count_networks()
@@ -181,7 +181,8 @@ def main() -> None:
     for label, n in (("GeNIe family", FEW_CLASSES * GENIE_PER_CLASS), ("feedback", FEEDBACK_IMAGES)):
         total = IMAGENET_LT_TRAIN + n
         print(
-            f"\nretrain RAM today ({label}, {total:,} images at {RETRAIN_PX} px, whole split in memory): "
+            f"\nretrain RAM if the split were held in memory ({label}, {total:,} images at {RETRAIN_PX} px; past "
+            f"runtime.loader.in_memory_mib it streams from disk instead): "
             f"{total * per_image_ram / 2**30:,.0f} GiB (from {args.rss_kib_per_64px_image:.0f} KiB per 64-px image, "
             f"scaled by pixels)"
         )

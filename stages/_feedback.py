@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _guide import load_guide
 
 from tailsynth.data.images import match_channels, resize_batch
-from tailsynth.data.manifest import image_shape, load_split, read_classes, read_manifest
+from tailsynth.data.manifest import image_shape, read_classes, read_manifest
 from tailsynth.io import folder_digest
 from tailsynth.methods import registry
 from tailsynth.methods.feedback import LadderSettings, fill_counts, plan_feedback
@@ -14,7 +15,7 @@ from tailsynth.methods.registry import Method
 from tailsynth.synth.guidance import GuidanceConfig
 from tailsynth.synth.plan import finalize_rows
 
-from _common import inference_dtype, prepared_dir
+from _common import data_loading, inference_dtype, prepared_dir
 from _synth import GENERATOR_INFO, Engine, image_hashes, run_set, source_loader
 
 GENERATOR = "models/generator_unclip"
@@ -53,7 +54,7 @@ def generate_ladder_set(
     # Imported here: diffusers takes seconds to import, and bad params should fail before that.
     from tailsynth.models.classifier import load_classifier
     from tailsynth.models.unclip import load_unclip
-    from tailsynth.synth.guidance import FeedbackGuidance, class_gaussians
+    from tailsynth.synth.guidance import FeedbackGuidance
     from tailsynth.synth.unclip_sampler import UnCLIPSampler
 
     engine = Engine(params)
@@ -66,9 +67,9 @@ def generate_ladder_set(
     if config is not None:
         classifier = load_classifier(CLASSIFIER, dev)
         guide = folder_digest(CLASSIFIER)  # the guiding classifier's weights enter the row keys
-        if config.criterion == "hardness":
-            real, labels = load_split(folder, "train", channels)
-            gaussians = class_gaussians(classifier, real.float() / 255, labels, len(classes))
+        if config.criterion == "hardness":  # the Gaussians of the real train features, read as runtime.loader says
+            workers, in_memory = data_loading(params)
+            _, gaussians = load_guide(folder, channels, len(classes), dev, in_memory, workers)
     rows = plan_feedback(
         method,
         classes,
