@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tailsynth.data.manifest import image_shape, read_classes, read_manifest, select_rows
-from tailsynth.data.stream import ImageFiles, ImageSet, keep_in_memory, row_paths
+from tailsynth.data.stream import ImageSet, keep_in_memory, row_files
 from tailsynth.data.targets import rows_targets
 from tailsynth.errors import TailsynthError
 from tailsynth.methods.augment import training_augmentation
@@ -46,13 +46,13 @@ def retrain_data(params: dict, folder: Path, method: str, synthetic: Path | None
     classes = read_classes(folder)
     channels, _ = image_shape(folder)
     rows = select_rows(read_manifest(folder, multilabel=True), "train")
-    files, labels = ImageFiles(row_paths(folder, rows), channels), rows_targets(rows, len(classes))
+    files, labels = row_files(folder, rows, channels), rows_targets(rows, len(classes))
     n_real = len(labels)
     groups = train_groups(folder)
     augment = params.get("augment", {})
     if synthetic is not None:
         rows = read_synthetic(synthetic)
-        files = files + ImageFiles(row_paths(synthetic, rows), channels)
+        files = files + row_files(synthetic, rows, channels)
         added = rows_targets(rows, len(classes))
         if labels.ndim == 2 and added.ndim == 1:  # on multi-label data, an image made for class c shows c only
             added = F.one_hot(added, len(classes)).float()

@@ -26,6 +26,14 @@ def main() -> None:
     if not isinstance(p["size"], int) or p["size"] < 8:
         raise TailsynthError(f"data.size must be an integer >= 8, got {p['size']!r}")
     workers = prepare_workers(p.get("workers", "auto"))
+    keep = p.get("keep_originals", False)
+    if keep not in (True, False):
+        raise TailsynthError(f"data.keep_originals must be true or false, got {keep!r}")
+    if keep and not p.get("root"):
+        raise TailsynthError(
+            "data.keep_originals needs a dataset read from image files under data.root; set data.root, or "
+            "data.keep_originals: false"
+        )
     scan = None
     if kind in ("digits", "digits_groups", "digits_multilabel"):
         digits_args = {
@@ -101,6 +109,7 @@ def main() -> None:
             few_below=p["buckets"]["few"],
             progress=bar.update,
             workers=workers,
+            keep_originals=p["root"] if keep else None,
             **described,
         )
     for c in table:

@@ -251,3 +251,59 @@ def test_csv_adapter_rejects_empty_cells_and_empty_files(tmp_path, rgb_image_fil
     (tmp_path / "ints.csv").write_text("image,label,split\na.png,10,train\na.png,9,train\na.png,09,test\n")
     records, names = scan_csv(tmp_path / "ints.csv")
     assert names == ["9", "10"] and [r.label for r in records] == [1, 0, 0]
+
+
+def write_photos(root, rgb_image_file):
+    """An image folder of odd sizes and modes, with random pixels (so resizing is not trivially exact)."""
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    for i, (split, name, size) in enumerate(
+        [("train", "cat", (50, 20)), ("train", "cat", (33, 47)), ("train", "dog", (40, 40)), ("test", "dog", (7, 9))]
+    ):
+        path = root / split / name / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gen.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_kept_originals_read_as_the_pixels_of_the_resized_copy(tmp_path, rgb_image_file, channels):
+    from tailsynth.data.manifest import image_shape, load_rows, originals
+    from tailsynth.data.stream import open_images
+
+    root = tmp_path / "root"
+    write_photos(root, rgb_image_file)
+    records, names = scan_imagefolder(root)
+    kw = {"names": names, "prompt_names": names, "size": 12, "channels": channels, "many_above": 5, "few_below": 2}
+    write_prepared(tmp_path / "copy", records, **kw)
+    write_prepared(tmp_path / "kept", records, keep_originals=root, workers=2, chunk=1, **kw)
+    kept = read_manifest(tmp_path / "kept")
+    assert not (tmp_path / "kept" / "images").exists() and originals(tmp_path / "kept") == {
+        "root": str(root.absolute()),
+        "size": 12,
+        "channels": channels,
+    }
+    assert sorted(kept["image"]) == ["test/dog/3.png", "train/cat/0.png", "train/cat/1.png", "train/dog/2.png"]
+    assert image_shape(tmp_path / "kept") == image_shape(tmp_path / "copy") == (channels, 12)
+    copy = read_manifest(tmp_path / "copy")
+    assert torch.equal(load_rows(tmp_path / "kept", kept, channels), load_rows(tmp_path / "copy", copy, channels))
+    streamed = open_images(tmp_path / "kept", kept, channels, in_memory_bytes=0)
+    assert torch.equal(torch.stack([streamed[i] for i in range(4)]), load_rows(tmp_path / "copy", copy, channels))
+    # The digest is of the pixels the stages read: it changes with an original, so consumers re-run.
+    before = dict(zip(kept["image"], kept["sha"], strict=True))
+    rgb_image_file(root / "train" / "cat" / "0.png", size=(50, 20))
+    write_prepared(tmp_path / "kept2", records, keep_originals=root, **kw)
+    rewritten = read_manifest(tmp_path / "kept2")
+    after = dict(zip(rewritten["image"], rewritten["sha"], strict=True))
+    assert [k for k in before if before[k] != after[k]] == ["train/cat/0.png"]
+
+
+def test_keeping_originals_needs_files_under_the_root(tmp_path, rgb_image_file):
+    kw = {"names": ["a"], "prompt_names": ["a"], "size": 8, "channels": 1, "many_above": 5, "few_below": 2}
+    in_memory = [Record(key="0", image=torch.zeros(1, 8, 8), label=0, split="train")]
+    with pytest.raises(TailsynthError, match="data.keep_originals needs a dataset read from image files"):
+        write_prepared(tmp_path / "out", in_memory, keep_originals=tmp_path, **kw)
+    outside = [Record(key="0", image=rgb_image_file(tmp_path / "elsewhere" / "a.png"), label=0, split="train")]
+    with pytest.raises(TailsynthError, match="is not under data.root"):
+        write_prepared(tmp_path / "out", outside, keep_originals=tmp_path / "root", **kw)
+    assert not (tmp_path / "out").exists()

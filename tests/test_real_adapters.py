@@ -406,3 +406,33 @@ def test_prepare_stage_names_the_new_dataset_kinds(stage):
     assert proc.returncode == 2 and "mini_imagenet" in proc.stderr and "imagenet_lt" in proc.stderr
     proc = stage({"dataset": "imagenet_lt", "root": None})
     assert proc.returncode == 2 and "data.root is required" in proc.stderr
+
+
+def test_classifier_on_kept_originals_writes_the_model_of_the_resized_copy(tmp_path):
+    # data.keep_originals: no images are written, the manifest points into data.root, and the stages read
+    # and resize the originals as they go: the classifier trained on them is the copy's, byte for byte.
+    models = {}
+    for keep in (False, True):
+        project = tmp_path / str(keep)
+        shutil.copytree(ROOT / "stages", project / "stages")
+        override = {
+            "data": {"dataset": "imagenet_lt", "root": str(LT), "size": 8, "channels": 3, "keep_originals": keep},
+            "classifier": {"steps": 3, "batch_size": 4, "width": 4},
+            "runtime": {"loader": {"in_memory_mib": 0 if keep else 256, "workers": 2 if keep else 0}},
+        }
+        params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        for script in ("prepare.py", "classifier.py"):
+            proc = run([sys.executable, f"stages/{script}"], project, check=False)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        prepared = project / "data/prepared/imagenet_lt"
+        assert (prepared / "images").exists() != keep and (prepared / "originals.json").exists() == keep
+        models[keep] = (project / "models/classifier/model.safetensors").read_bytes()
+    assert models[True] == models[False]
+    params = yaml.safe_load((tmp_path / "True/params.yaml").read_text())
+    params["data"] |= {"dataset": "digits", "root": None}
+    (tmp_path / "True/params.yaml").write_text(yaml.safe_dump(params))
+    proc = run([sys.executable, "stages/prepare.py"], tmp_path / "True", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "data.keep_originals needs" in errors[0]
+    assert not (tmp_path / "True/data/prepared/digits").exists()

@@ -17,7 +17,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def load_image(path: str | Path, size: int | None = None, channels: int = 3) -> torch.Tensor:
-    """Read an image file as float (channels, size, size) in [0, 1].
+    """Read an image file as float (channels, size, size) in [0, 1]: :func:`load_image_uint8` / 255."""
+    return load_image_uint8(path, size, channels).float() / 255
+
+
+def load_image_uint8(path: str | Path, size: int | None = None, channels: int = 3) -> torch.Tensor:
+    """Read an image file as uint8 (channels, size, size).
 
     Resizes the shorter side to ``size`` and centre-crops (no resizing when ``size`` is None).
     Raises ``TailsynthError`` naming the file when it cannot be decoded.
@@ -31,8 +36,7 @@ def load_image(path: str | Path, size: int | None = None, channels: int = 3) -> 
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise TailsynthError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
     t = torch.from_numpy(arr.copy())
-    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-    return t.float() / 255
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 
 
 def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:

@@ -23,6 +23,7 @@ from tailsynth.io import read_json
 
 MANIFEST = "manifest.csv"
 CLASSES = "classes.json"
+ORIGINALS = "originals.json"  # present when the images stay in the dataset root (data.keep_originals)
 BUCKETS = ("many", "medium", "few")
 
 
@@ -131,14 +132,34 @@ def read_classes(folder: str | Path) -> list[dict]:
     return read_json(path)
 
 
-def load_rows(folder: str | Path, rows: pd.DataFrame, channels: int | None = None) -> torch.Tensor:
-    """Images of ``rows`` (relative to ``folder``) as uint8 (N, C, H, W)."""
-    from tailsynth.data.images import load_image
+def originals(folder: str | Path) -> dict | None:
+    """``{"root", "size", "channels"}`` when ``folder``'s manifest points at the original files under
+    ``root`` (read at ``size`` px on the fly), else None: the images are the folder's own resized copies."""
+    path = Path(folder) / ORIGINALS
+    return read_json(path) if path.is_file() else None
 
-    out = []
-    for rel in rows["image"]:
-        img = load_image(resolve_inside(folder, rel), size=None, channels=channels or 3)
-        out.append((img * 255).round().to(torch.uint8))
+
+def image_paths(folder: str | Path, relative) -> list[Path]:
+    """The files of manifest ``image`` cells: under ``folder``, or under the dataset root it keeps
+    originals in (see :func:`originals`), and never outside it."""
+    kept = originals(folder)
+    root = kept["root"] if kept else folder
+    return [resolve_inside(root, rel) for rel in relative]
+
+
+def stored_size(folder: str | Path) -> int | None:
+    """The size that ``folder``'s images must be resized to when read: the prepared size for originals kept
+    in place, None for images already stored at it."""
+    kept = originals(folder)
+    return int(kept["size"]) if kept else None
+
+
+def load_rows(folder: str | Path, rows: pd.DataFrame, channels: int | None = None) -> torch.Tensor:
+    """Images of ``rows`` (relative to ``folder``, or to its kept originals' root) as uint8 (N, C, H, W)."""
+    from tailsynth.data.images import load_image_uint8
+
+    size = stored_size(folder)
+    out = [load_image_uint8(path, size=size, channels=channels or 3) for path in image_paths(folder, rows["image"])]
     if not out:
         return torch.empty(0, channels or 3, 0, 0, dtype=torch.uint8)
     return torch.stack(out)
@@ -175,9 +196,12 @@ def load_split(
 
 
 def image_shape(folder: str | Path) -> tuple[int, int]:
-    """(channels, size) of the prepared images, read from the first one."""
+    """(channels, size) of the prepared images: read from the first one, or from ``originals.json``."""
     from PIL import Image
 
+    kept = originals(folder)
+    if kept:
+        return int(kept["channels"]), int(kept["size"])
     df = read_manifest(folder, multilabel=True)  # the images' shape, whatever their labels
     with Image.open(resolve_inside(folder, df["image"].iloc[0])) as im:
         return (1 if im.mode == "L" else 3), im.size[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +11,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tailsynth.data.images import encode_png, load_image, match_channels, resize_batch
-from tailsynth.data.manifest import CLASSES, MANIFEST, class_table, join_labels, split_labels
+from tailsynth.data.images import encode_png, load_image, load_image_uint8, match_channels, resize_batch
+from tailsynth.data.manifest import CLASSES, MANIFEST, ORIGINALS, class_table, join_labels, split_labels
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, atomic_write_bytes, sha, write_json
 
@@ -50,10 +51,16 @@ class _EncodedRecords(Dataset):
 
     Item ``i`` is the ``i``-th chunk of ``chunk`` records; it returns, per record, its path in the
     folder and the digest of its PNG bytes (the images themselves never cross a process boundary).
+    With ``originals`` (a dataset root), nothing is written: each file is read and resized as the
+    stages will read it, and the path is the original's, relative to that root, with the digest
+    of the resized pixels.
     """
 
-    def __init__(self, records: list[Record], tmp: Path, size: int, channels: int, chunk: int):
+    def __init__(
+        self, records: list[Record], tmp: Path, size: int, channels: int, chunk: int, originals: Path | None = None
+    ):
         self.records, self.tmp, self.size, self.channels, self.chunk = records, tmp, size, channels, chunk
+        self.originals = originals
 
     def __len__(self) -> int:
         return -(-len(self.records) // self.chunk)
@@ -68,6 +75,8 @@ class _EncodedRecords(Dataset):
 
     def _write(self, rec: Record) -> tuple[str, str]:
         size, channels = self.size, self.channels
+        if self.originals is not None:
+            return self._keep(rec)
         img = rec.image if isinstance(rec.image, torch.Tensor) else load_image(rec.image, size, channels)
         if img.shape[-1] != size or img.shape[0] != channels:
             img = resize_batch(match_channels(img[None], channels), size)[0]
@@ -76,6 +85,21 @@ class _EncodedRecords(Dataset):
         atomic_write_bytes(self.tmp / rel, data)
         return rel, sha(data)
 
+    def _keep(self, rec: Record) -> tuple[str, str]:
+        if isinstance(rec.image, torch.Tensor):
+            raise TailsynthError(
+                "data.keep_originals needs a dataset read from image files under data.root; this one is made in "
+                "memory (set data.keep_originals: false)"
+            )
+        rel = os.path.relpath(os.path.abspath(rec.image), self.originals)
+        if rel.startswith(".."):
+            raise TailsynthError(
+                f"data.keep_originals: image {rec.image} is not under data.root {self.originals}; keep a copy instead "
+                "(data.keep_originals: false)"
+            )
+        pixels = load_image_uint8(rec.image, self.size, self.channels)  # read as every stage will read it
+        return Path(rel).as_posix(), sha(f"{tuple(pixels.shape)}".encode() + pixels.numpy().tobytes())
+
 
 def _one_thread(_worker_id: int) -> None:
     # Each worker already is one of the parallel lanes; torch threads inside it would only contend.
@@ -83,9 +107,17 @@ def _one_thread(_worker_id: int) -> None:
 
 
 def encoded_records(
-    records: list[Record], tmp: Path, *, size: int, channels: int, workers: int = 0, chunk: int = 32
+    records: list[Record],
+    tmp: Path,
+    *,
+    size: int,
+    channels: int,
+    workers: int = 0,
+    chunk: int = 32,
+    originals: Path | None = None,
 ) -> Iterator[tuple[Record, str, str]]:
-    """Write every record's PNG under ``tmp``, yielding ``(record, path, digest)`` in record order.
+    """Write every record's PNG under ``tmp``, yielding ``(record, path, digest)`` in record order
+    (with ``originals``, a dataset root: write nothing, see :class:`_EncodedRecords`).
 
     ``workers`` > 0 decodes, resizes and encodes in that many worker processes (a torch
     ``DataLoader``); 0 does it in this process. Every image goes through the same function either
@@ -93,7 +125,7 @@ def encoded_records(
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    dataset = _EncodedRecords(records, tmp, size, channels, chunk)
+    dataset = _EncodedRecords(records, tmp, size, channels, chunk, originals)
     loader = DataLoader(
         dataset,
         batch_size=None,
@@ -124,8 +156,14 @@ def write_prepared(
     ids: list[str] | None = None,
     workers: int = 0,
     chunk: int = 32,
+    keep_originals: str | Path | None = None,
 ) -> list[dict]:
     """Resize every record to ``size``×``size`` with ``channels`` channels and write the folder.
+
+    ``keep_originals`` (the dataset root every record's file lies under) writes no images: the manifest's
+    paths point at the original files, relative to that root, which ``originals.json`` names with the
+    size and channels that every reader resizes them to (:func:`tailsynth.data.manifest.originals`). The
+    stages then read the same pixels as from a resized copy.
 
     The folder appears only when complete (it is built under a temporary name). Returns the
     class table written to ``classes.json`` (with ``superclass`` and ``id`` keys when those are given).
@@ -140,9 +178,10 @@ def write_prepared(
         raise ValueError("records mix single-label and multi-label images")
     multilabel = kinds == {True}
     rows = []
+    root = None if keep_originals is None else Path(os.path.abspath(keep_originals))
     with atomic_dir(out_dir) as tmp:
         for rec, rel, digest in encoded_records(
-            records, tmp, size=size, channels=channels, workers=workers, chunk=chunk
+            records, tmp, size=size, channels=channels, workers=workers, chunk=chunk, originals=root
         ):
             # The content digest makes manifest.csv stand for the whole folder: stages depend on it alone.
             label = {"labels": join_labels(rec.labels)} if multilabel else {"label": rec.label}
@@ -164,4 +203,6 @@ def write_prepared(
         )
         df.to_csv(tmp / MANIFEST, index=False)
         write_json(tmp / CLASSES, table)
+        if root is not None:
+            write_json(tmp / ORIGINALS, {"root": str(root), "size": size, "channels": channels})
     return table

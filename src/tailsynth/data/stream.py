@@ -11,45 +11,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from tailsynth.data.manifest import resolve_inside
+from tailsynth.data.images import load_image_uint8
+from tailsynth.data.manifest import image_paths, stored_size
 from tailsynth.errors import TailsynthError
 
 
-def decode_uint8(path: str | Path, channels: int) -> torch.Tensor:
-    """The image at ``path`` as uint8 (channels, H, W), unresized; a TailsynthError naming the file if it
-    cannot be decoded. The same values as :func:`tailsynth.data.manifest.load_rows`."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise TailsynthError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
-    t = torch.from_numpy(arr.copy())
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
-
-
 class ImageFiles(Dataset):
-    """Images read from ``paths`` on each access: item i is uint8 (channels, H, W).
+    """Images read from ``paths`` on each access: item i is uint8 (channels, H, W), resized and centre-cropped
+    to ``size`` px when given (originals kept in place), else as stored.
 
     Every image must have the shape of the first (prepared and synthetic sets do); ``shape`` is
     (N, C, H, W), read from the first file, like a tensor's.
     """
 
-    def __init__(self, paths: Sequence[str | Path], channels: int):
+    def __init__(self, paths: Sequence[str | Path], channels: int, size: int | None = None):
         self.paths = [str(p) for p in paths]
         self.channels = channels
+        self.size = size
         self._shape: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        image = decode_uint8(self.paths[i], self.channels)
+        image = load_image_uint8(self.paths[i], self.size, self.channels)
         if self._shape is not None and tuple(image.shape) != self._shape:
             raise TailsynthError(
                 f"image {self.paths[i]} is {tuple(image.shape)}, not {self._shape} as the first one; "
@@ -62,26 +51,28 @@ class ImageFiles(Dataset):
         if self._shape is None:
             if not self.paths:
                 return (0, self.channels, 0, 0)
-            self._shape = tuple(decode_uint8(self.paths[0], self.channels).shape)
+            self._shape = tuple(load_image_uint8(self.paths[0], self.size, self.channels).shape)
         return (len(self), *self._shape)
 
     def __add__(self, other: ImageFiles) -> ImageFiles:
-        if other.channels != self.channels:
-            raise ValueError(f"cannot join {self.channels}- and {other.channels}-channel image sets")
-        return ImageFiles(self.paths + other.paths, self.channels)
+        if other.channels != self.channels or None not in (self.size, other.size) and self.size != other.size:
+            raise ValueError("cannot join image sets of other channels or sizes")
+        # Resizing an image already at the size is a no-op: kept originals join a synthetic set at their size.
+        return ImageFiles(self.paths + other.paths, self.channels, self.size or other.size)
 
 
 ImageSet = torch.Tensor | ImageFiles
 
 
-def row_paths(folder: str | Path, rows: pd.DataFrame) -> list[Path]:
-    """The files of manifest ``rows`` (their ``image`` column, relative to ``folder`` and kept inside it)."""
-    return [resolve_inside(folder, rel) for rel in rows["image"]]
+def row_files(folder: str | Path, rows: pd.DataFrame, channels: int) -> ImageFiles:
+    """The images of manifest ``rows`` of ``folder`` (a prepared or synthetic set), not read yet: the files
+    their ``image`` column names (see :func:`tailsynth.data.manifest.image_paths`)."""
+    return ImageFiles(image_paths(folder, rows["image"]), channels, stored_size(folder))
 
 
 def open_images(folder: str | Path, rows: pd.DataFrame, channels: int, in_memory_bytes: int) -> ImageSet:
-    """The images of manifest ``rows`` (relative to ``folder``), through :func:`keep_in_memory`."""
-    return keep_in_memory(ImageFiles(row_paths(folder, rows), channels), in_memory_bytes)
+    """The images of manifest ``rows`` of ``folder``, through :func:`keep_in_memory`."""
+    return keep_in_memory(row_files(folder, rows, channels), in_memory_bytes)
 
 
 def keep_in_memory(files: ImageFiles, in_memory_bytes: int) -> ImageSet:
@@ -102,7 +93,7 @@ def select(images: ImageSet, index: torch.Tensor) -> ImageSet:
         return images[index]
     if index.dtype == torch.bool:
         index = index.nonzero()[:, 0]
-    return ImageFiles([images.paths[i] for i in index.tolist()], images.channels)
+    return ImageFiles([images.paths[i] for i in index.tolist()], images.channels, images.size)
 
 
 def batches(images: ImageSet, index_batches: Iterable[torch.Tensor], workers: int = 0) -> Iterator[torch.Tensor]:
