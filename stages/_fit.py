@@ -1,9 +1,9 @@
 """Stage glue for training a classifier from a params section (classifier, oracle, retrain, fewshot_backbone),
 in one process or data-parallel under ``runtime.launch``, at ``runtime.train_precision``."""
 
-import sys
+from _processes import training_device
 
-from _common import data_loading, device, log, progress_bar, require
+from _common import data_loading, device, progress_bar, require
 
 
 def training_accelerator(params: dict):
@@ -16,22 +16,6 @@ def training_accelerator(params: dict):
     dev = device(params)
     precision = resolve_precision(require(params["runtime"], "train_precision", "runtime"), dev)
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=precision, device_placement=False)
-
-
-def training_device(accelerator, params: dict):
-    """accelerate's device (one GPU per process) under a multi-GPU launch, else ``runtime.device``."""
-    multi_gpu = accelerator.num_processes > 1 and accelerator.device.type == "cuda"
-    return accelerator.device if multi_gpu else device(params)
-
-
-def exit_unless_main() -> None:
-    """End every process but the main one, once training is done: the main process evaluates and writes alone."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    if not state.is_main_process:
-        log.info("process %d of %d has trained its share", state.process_index, state.num_processes)
-        sys.exit(0)
 
 
 def fit_from_params(

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _processes import exit_unless_main
 
 from tailsynth.data.manifest import image_shape, read_classes, read_manifest, select_rows
 from tailsynth.data.stream import ImageSet, keep_in_memory, row_files
@@ -14,7 +15,7 @@ from tailsynth.methods.augment import training_augmentation
 from tailsynth.synth.plan import read_synthetic
 
 from _common import data_loading, log
-from _fit import exit_unless_main, fit_from_params
+from _fit import fit_from_params
 
 AUGMENTS = ("none", "weak", "strong")
 

@@ -8,6 +8,7 @@ by mAP (metrics/classifier.json: ``map``).
 
 import numpy as np
 import pandas as pd
+from _processes import exit_unless_main
 
 from tailsynth.data.manifest import image_shape, read_classes
 from tailsynth.data.targets import open_targets
@@ -18,7 +19,7 @@ from tailsynth.metrics.multilabel import bucket_map
 from tailsynth.models.classifier import predict, save_classifier
 
 from _common import data_loading, load_params, log, prepared_dir, stage
-from _fit import exit_unless_main, fit_from_params
+from _fit import fit_from_params
 
 OUT = "models/classifier"
 

@@ -7,6 +7,7 @@ e.g. a UniSiam ResNet-18, in safetensors or .pth (read with weights_only=True).
 
 import torch
 from _not_applicable import skip_if_not_applicable
+from _processes import exit_unless_main
 
 from tailsynth.data.episodes import novel_classes
 from tailsynth.data.manifest import image_shape, read_manifest, select_rows
@@ -18,7 +19,7 @@ from tailsynth.methods.augment import training_augmentation
 from tailsynth.models.classifier import build_classifier, load_pretrained_backbone, save_classifier
 
 from _common import data_loading, load_params, log, prepared_dir, require, stage
-from _fit import exit_unless_main, fit_from_params
+from _fit import fit_from_params
 
 OUT = "models/fewshot_backbone"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

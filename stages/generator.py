@@ -2,13 +2,15 @@
 
 import time
 
+from _processes import exit_unless_main, process_group, training_device
+
 from tailsynth.data.groups import every_prompt, image_prompts
 from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
 from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.models import generator as gen
 
-from _common import device, load_params, log, prepared_dir, require, stage
+from _common import load_params, log, prepared_dir, require, stage
 
 OUT = "models/generator"
 
@@ -35,6 +37,15 @@ def main() -> None:
     # With {group} in the prompt, each image is learnt with its own context's prompt.
     prompts, train_prompts = every_prompt(p["prompt"], classes, manifest), image_prompts(p["prompt"], classes, rows)
     images = load_rows(folder, rows, image_shape(folder)[0]).float() / 255
+    # Under an N-process runtime.launch: data-parallel, each process its share of every batch.
+    accelerator = process_group(params)
+    dev = training_device(accelerator, params)
+    for section in ("vae", "unet"):
+        if min(p[section]["batch_size"], len(images)) % accelerator.num_processes:
+            raise TailsynthError(
+                f"generator.{section}.batch_size {p[section]['batch_size']} does not split over the "
+                f"{accelerator.num_processes} processes of runtime.launch; use a multiple of the process count"
+            )
     config = gen.SmallLDMConfig(image_size=images.shape[-1], channels=images.shape[1])
     components = gen.build_small_ldm(prompts, config, seed=p["seed"])
     v, u = p["vae"], p["unet"]
@@ -52,8 +63,9 @@ def main() -> None:
         kl_weight=v["kl_weight"],
         target_mse=v.get("target_mse"),  # null or absent: always `steps`
         seed=p["seed"],
-        device=device(params),
+        device=dev,
         callback=progress("vae"),
+        accelerator=accelerator,
     )
     t_vae = time.perf_counter() - t0
     mean, std = gen.encode_latents(components["vae"], images)
@@ -71,9 +83,11 @@ def main() -> None:
         ema_decay=u["ema_decay"],
         log_every=100,
         seed=p["seed"],
-        device=device(params),
+        device=dev,
         callback=progress("unet"),
+        accelerator=accelerator,
     )
+    exit_unless_main()
     # Only what params, data and code determine: this folder's digest keys every synthetic image,
     # so run timings go to the log, never into the folder.
     info = {

@@ -1,5 +1,7 @@
 """Stage oracle: an independent classifier, used only to judge label consistency of synthetic sets."""
 
+from _processes import exit_unless_main
+
 from tailsynth.data.manifest import image_shape, read_classes
 from tailsynth.data.targets import open_targets
 from tailsynth.errors import TailsynthError
@@ -9,7 +11,7 @@ from tailsynth.metrics.average_precision import mean_average_precision
 from tailsynth.models.classifier import load_classifier, predict, save_classifier
 
 from _common import data_loading, load_params, log, prepared_dir, require, stage
-from _fit import exit_unless_main, fit_from_params
+from _fit import fit_from_params
 
 OUT = "models/oracle"
 

@@ -19,6 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from tailsynth.errors import TailsynthError
 from tailsynth.models.tokenizer import build_prompt_tokenizer, prompt_length
+from tailsynth.train.distributed import average_gradients, mean_over_processes, shard
 
 Callback = Callable[[int, float], None]
 
@@ -147,6 +148,7 @@ def train_vae(
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
+    accelerator=None,
 ) -> TrainResult:
     """Train ``vae`` in place on ``images`` (N, C, H, W) in [0, 1].
 
@@ -155,7 +157,14 @@ def train_vae(
     early, detailed ones (RGB photos) train up to ``steps``. ``callback(step, mse)`` gets each
     window's mean MSE; the loss is read back from the device once per window, never per step.
     Random draws come from a CPU generator, so a run repeats on any device.
+
+    ``accelerator`` (an ``accelerate.Accelerator``, or None: one process) trains data-parallel: every
+    process draws the same global batches and noise, encodes and decodes its contiguous share of each
+    (:func:`~tailsynth.train.distributed.shard`), and the gradients are averaged over the processes, so
+    N processes compute one process's update up to summation order (the VAE has no batch norm). The
+    logged MSE, and so the early stop, is the global batch's.
     """
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     gen = torch.Generator().manual_seed(seed)
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -164,21 +173,26 @@ def train_vae(
     window = torch.zeros((), device=device)
     mse, done = float("nan"), 0
     for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
-        x = x_all[idx].to(device)
+        mine = shard(len(idx), rank, world)
+        x = x_all[idx[mine]].to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        # The global batch's noise, drawn whole in every process: each keeps its rows.
+        noise = torch.randn((len(idx), *posterior.mean.shape[1:]), generator=gen)[mine]
+        z = posterior.mean + posterior.std * noise.to(device)
         recon = vae.decode(z).sample
         rec_loss = F.mse_loss(recon, x)
         loss = rec_loss + kl_weight * posterior.kl().mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            average_gradients(vae.parameters(), world)
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
         window += rec_loss.detach()
         done = step + 1
         if done % log_every == 0 or done == steps:
-            mse = _window_mean(window, done, log_every) / 4  # on the [0, 1] scale
+            mse = _window_mean(mean_over_processes(window, world), done, log_every) / 4  # on the [0, 1] scale
             window.zero_()
             if callback is not None:
                 callback(step, mse)
@@ -233,6 +247,7 @@ def train_denoiser(
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
+    accelerator=None,
 ) -> TrainResult:
     """Train the UNet (and the text encoder) with the epsilon objective; load their EMA weights at the end.
 
@@ -244,7 +259,12 @@ def train_denoiser(
     gets the mean loss of each window of ``log_every`` steps, read back from the device once per
     window. Returns the mean loss of the last window. Noise, timesteps and batches are drawn on
     the CPU from a seeded generator, so a run repeats on any device.
+
+    ``accelerator`` (or None: one process) trains data-parallel as :func:`train_vae` does: the same
+    global draws in every process, each its contiguous share of the batch, gradients averaged, the
+    logged loss the global batch's; every process keeps the same EMA.
     """
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     unet, text_encoder, tokenizer, noise_sched = (
         components["unet"],
         components["text_encoder"],
@@ -280,6 +300,8 @@ def train_denoiser(
         zt = noise_sched.add_noise(z0, noise, t)  # on the CPU, as the draws: the same on every device
         rows = prompt_row[idx].clone()
         rows[torch.rand(len(idx), generator=gen) < uncond_prob] = empty_row
+        mine = shard(len(idx), rank, world)  # drawn for the global batch: this process's rows of it
+        zt, noise, t, rows = zt[mine], noise[mine], t[mine], rows[mine]
         used, rows = torch.unique(rows, return_inverse=True)
         zt, noise, t = zt.to(device), noise.to(device), t.to(device)
         with torch.set_grad_enabled(train_text_encoder):
@@ -289,6 +311,8 @@ def train_denoiser(
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -299,7 +323,7 @@ def train_denoiser(
         window += loss.detach()
         done = step + 1
         if done % log_every == 0 or done == steps:
-            last = _window_mean(window, done, log_every)
+            last = _window_mean(mean_over_processes(window, world), done, log_every)
             window.zero_()
             if callback is not None:
                 callback(step, last)

@@ -106,6 +106,36 @@ class GlobalDropout(nn.Dropout):
 GLOBAL = {nn.BatchNorm2d: GlobalBatchNorm2d, nn.Dropout: GlobalDropout}
 
 
+def average_gradients(params, world: int) -> None:
+    """Average the gradients of ``params`` over the ``world`` processes of the default group, in one all-reduce.
+
+    What DDP's backward hooks do, for models trained through methods other than ``forward`` (a VAE's
+    ``encode`` and ``decode``), which DDP's wrapper would not see. A parameter without a gradient takes
+    part as zeros, so every process reduces the same buffer.
+    """
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    start = 0
+    for g in grads:
+        g.copy_(flat[start : start + g.numel()].view_as(g))
+        start += g.numel()
+
+
+def mean_over_processes(value: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean of ``value`` over the ``world`` processes (a copy; ``value`` itself when alone)."""
+    if world == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / world
+
+
 def global_batch(module: nn.Module) -> nn.Module:
     """``module`` with every ``BatchNorm2d`` and ``Dropout`` made its global-batch version
     (:class:`GlobalBatchNorm2d`, :class:`GlobalDropout`) in place: same weights and buffers."""
