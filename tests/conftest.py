@@ -8,6 +8,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def early_pipelines(request, tmp_path_factory):
+    """Starts, before the first test, the background ``dvc repro`` runs of every collected module that
+    defines ``start_early(tmp_path_factory, fixtures) -> {fixture: (root, process)}`` (``fixtures``: the
+    fixture names its collected tests use), into ``pipeline_utils.EARLY``. A whole-pipeline run takes
+    about one core (one torch thread per stage, DVC's bookkeeping single-threaded), so it overlaps the
+    unit tests instead of running after them."""
+    from pipeline_utils import EARLY
+
+    modules = {item.module for item in request.session.items if hasattr(item, "module")}
+    for module in sorted(modules, key=lambda m: m.__name__):
+        if hasattr(module, "start_early"):
+            used = {f for item in request.session.items if item.module is module for f in item.fixturenames}
+            EARLY[module.__name__] = module.start_early(tmp_path_factory, used)
+    yield
+    for started in EARLY.values():
+        for _, proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture
 def rgb_image_file(tmp_path):
     from PIL import Image

@@ -108,5 +108,19 @@ def make_project(dest: Path, overrides: dict) -> Path:
     return dest
 
 
+def start_repro(root: Path, **extra_env: str) -> subprocess.Popen:
+    """``dvc repro`` in ``root``, in the background (see :func:`command_env`; ``extra_env`` added), its output
+    in ``root/repro.log``."""
+    cmd, env = command_env([str(Path(sys.executable).parent / "dvc"), "repro"])
+    env |= extra_env
+    with open(root / "repro.log", "w") as log:
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+# What conftest's session fixture started before the first test: by module name, by fixture name, the
+# project's root and its background process.
+EARLY: dict[str, dict[str, tuple[Path, subprocess.Popen]]] = {}
+
+
 def smoke_overrides() -> dict:
     return yaml.safe_load((ROOT / "tests" / "smoke_params.yaml").read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_utils import command_env, deep_update, make_project, run, smoke_overrides
+from pipeline_utils import EARLY, command_env, deep_update, make_project, run, smoke_overrides, start_repro
 
 from tailsynth.data.targets import load_targets
 from tailsynth.methods import registry
@@ -49,16 +49,24 @@ SINGLE_LABEL = registry.names(registry.LONG_TAIL, registry.GENIE) + registry.nam
 )
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """The whole pipeline on digits_multilabel by params alone: ``dvc repro`` after the README's
-    ``-S data.dataset=digits_multilabel`` applied to params.yaml as ``dvc exp run`` applies it."""
+def start_early(tmp_path_factory, fixtures: set[str]) -> dict:
+    """The whole pipeline on digits_multilabel by params alone, for ``workspace``: ``dvc repro``, started in
+    the background, after the README's ``-S data.dataset=digits_multilabel`` applied to params.yaml as
+    ``dvc exp run`` applies it."""
     from dvc.utils.hydra import apply_overrides
 
+    if "workspace" not in fixtures:
+        return {}
     root = make_project(tmp_path_factory.mktemp("multilabel"), deep_update(smoke_overrides(), OVERRIDES))
     apply_overrides(root / "params.yaml", ["data.dataset=digits_multilabel"])
-    proc = run([DVC, "repro"], root)
-    root.joinpath("repro.log").write_text(proc.stdout + proc.stderr)
+    return {"workspace": (root, start_repro(root))}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The finished digits_multilabel project (started by conftest before the first test, else here)."""
+    root, proc = EARLY.get(__name__, {}).get("workspace") or start_early(tmp_path_factory, {"workspace"})["workspace"]
+    assert proc.wait(timeout=1800) == 0, (root / "repro.log").read_text()[-4000:]
     return root
 
 

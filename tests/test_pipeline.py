@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from pipeline_utils import command_env, make_project, pipeline_stages, run, smoke_overrides
+from pipeline_utils import EARLY, command_env, make_project, pipeline_stages, run, smoke_overrides, start_repro
 
 from tailsynth.methods import registry
 
@@ -33,13 +33,31 @@ def ran_stages(output: str) -> set[str]:
     return {name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", output)}
 
 
+def start_early(tmp_path_factory, fixtures: set[str]) -> dict:
+    """The smoke ``dvc repro`` for ``project`` and the group-imbalanced one for ``groups``, started in the
+    background before the first test (by conftest), with no Inception weights (FID must be absent)."""
+    home = str(tmp_path_factory.mktemp("torch_home_early"))
+    started = {}
+    if "project" in fixtures:
+        root = make_project(tmp_path_factory.mktemp("pipeline"), smoke_overrides())
+        started["project"] = root, start_repro(root, TORCH_HOME=home)
+    if "groups" in fixtures:
+        started["groups"] = start_groups(tmp_path_factory, TORCH_HOME=home)
+    return started
+
+
+def finished(root: Path, proc: subprocess.Popen) -> Path:
+    assert proc.wait(timeout=1800) == 0, (root / "repro.log").read_text()[-4000:]
+    return root
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, torch_home, request):
-    if any("groups" in item.fixturenames for item in request.session.items):
-        request.getfixturevalue("groups_started")  # in the background, from now on
-    root = make_project(tmp_path_factory.mktemp("pipeline"), smoke_overrides())
-    proc = run([DVC, "repro"], root)
-    root.joinpath("repro.log").write_text(proc.stdout + proc.stderr)
+def project(tmp_path_factory, torch_home):
+    started = EARLY.get(__name__, {}).get("project")
+    if started is None:
+        root = make_project(tmp_path_factory.mktemp("pipeline"), smoke_overrides())
+        started = root, start_repro(root)
+    root = finished(*started)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "repro"], root)
     return root
@@ -445,17 +463,19 @@ def test_interrupted_generation_resumes(project):
 
 def test_the_weak_augmentation_params_reach_the_generated_methods(project):
     # Generated sets are retrained with augment.<retrain.augment_generated> (weak): its params are theirs.
-    # A params edit and `dvc repro`: what is tested is which stages depend on the param, and an `exp run`
-    # (tested above) would add ~1.3 s of DVC bookkeeping to each of the ~40 stages that re-run.
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    # What is tested is which stages depend on the param, so `dvc status` (the stages whose own deps or
+    # params changed) answers it without re-running the ~40 stages it makes stale (measured: 50 s).
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["augment"]["weak"]["hflip"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run([DVC, "repro"], project)
-    ran = ran_stages(proc.stdout)
-    assert {f"retrain@{m}" for m in ["weak", *GENERATED, *FEEDBACK]} <= ran
-    assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & ran
-    assert "fewshot_eval@weak" in ran and not any(s.startswith(("synth", "fewshot_synth")) for s in ran)
-    assert "feedback_sweep" in ran  # it retrains the guided plan at each step size
+    stale = {name.rpartition(":")[2] for name in json.loads(run([DVC, "status", "--json"], project).stdout)}
+    (project / "params.yaml").write_text(original)
+    assert {f"retrain@{m}" for m in ["weak", *GENERATED, *FEEDBACK]} <= stale
+    assert not {f"retrain@{m}" for m in ["none", "strong", "cutmix", "mixup"]} & stale
+    assert "fewshot_eval@weak" in stale and not any(s.startswith(("synth", "fewshot_synth")) for s in stale)
+    assert "feedback_sweep" in stale  # it retrains the guided plan at each step size
+    assert json.loads(run([DVC, "status", "--json"], project).stdout) == {}
 
 
 def test_fusion_params_reach_only_their_stages(project):
@@ -514,32 +534,21 @@ GROUP_PROMPT = "a photo of a {name}, {group}"  # quoted below: unquoted, -S woul
 GROUPS_OVERRIDES = ["data.dataset=digits_groups", "retrain.balanced=group", f'generator.prompt="{GROUP_PROMPT}"']
 
 
-@pytest.fixture(scope="module")
-def groups_started(tmp_path_factory, torch_home):
+def start_groups(tmp_path_factory, **extra_env: str) -> tuple[Path, subprocess.Popen]:
     """The whole pipeline on the group-imbalanced digits, by params alone, in a project of its own: the
     ``-S`` values of the README's ``dvc exp run`` applied to params.yaml as DVC applies them, then a
-    ``dvc repro`` started in the background, so that it runs while the tests on ``project`` do (DVC's
-    single-threaded bookkeeping leaves a core idle much of the time). Yields (root, process)."""
+    ``dvc repro`` started in the background. Returns (root, process)."""
     from dvc.utils.hydra import apply_overrides
 
     root = make_project(tmp_path_factory.mktemp("groups"), smoke_overrides())
     apply_overrides(root / "params.yaml", GROUPS_OVERRIDES)
-    cmd, env = command_env([DVC, "repro"])
-    with open(root / "repro.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    yield root, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    return root, start_repro(root, **extra_env)
 
 
 @pytest.fixture(scope="module")
-def groups(groups_started):
-    """The finished group-imbalanced project (its ``dvc repro`` waited for)."""
-    root, proc = groups_started
-    code = proc.wait(timeout=1800)
-    assert code == 0, (root / "repro.log").read_text()[-4000:]
-    return root
+def groups(tmp_path_factory, torch_home):
+    """The finished group-imbalanced project (started by conftest before the first test, else here)."""
+    return finished(*(EARLY.get(__name__, {}).get("groups") or start_groups(tmp_path_factory)))
 
 
 @pytest.fixture(scope="module")
