@@ -253,7 +253,7 @@ def test_csv_adapter_rejects_empty_cells_and_empty_files(tmp_path, rgb_image_fil
     assert names == ["9", "10"] and [r.label for r in records] == [1, 0, 0]
 
 
-def write_photos(root, rgb_image_file):
+def write_photos(root):
     """An image folder of odd sizes and modes, with random pixels (so resizing is not trivially exact)."""
     from PIL import Image
 
@@ -272,7 +272,7 @@ def test_kept_originals_read_as_the_pixels_of_the_resized_copy(tmp_path, rgb_ima
     from tailsynth.data.stream import open_images
 
     root = tmp_path / "root"
-    write_photos(root, rgb_image_file)
+    write_photos(root)
     records, names = scan_imagefolder(root)
     kw = {"names": names, "prompt_names": names, "size": 12, "channels": channels, "many_above": 5, "few_below": 2}
     write_prepared(tmp_path / "copy", records, **kw)
