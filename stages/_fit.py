@@ -1,21 +1,9 @@
 """Stage glue for training a classifier from a params section (classifier, oracle, retrain, fewshot_backbone),
 in one process or data-parallel under ``runtime.launch``, at ``runtime.train_precision``."""
 
-from _processes import training_device
+from _processes import check_split, process_group, training_device
 
-from _common import data_loading, device, progress_bar, require
-
-
-def training_accelerator(params: dict):
-    """An ``accelerate.Accelerator`` for this process: the launch's process layout (gloo between CPU processes)
-    and the mixed precision ``runtime.train_precision`` names, checked against ``runtime.device``."""
-    from accelerate import Accelerator
-
-    from tailsynth.train.distributed import resolve_precision
-
-    dev = device(params)
-    precision = resolve_precision(require(params["runtime"], "train_precision", "runtime"), dev)
-    return Accelerator(cpu=dev.type == "cpu", mixed_precision=precision, device_placement=False)
+from _common import data_loading, progress_bar
 
 
 def fit_from_params(
@@ -69,12 +57,8 @@ def fit_from_params(
         lr=section["lr"],
         balanced=balanced,
     )
-    accelerator = training_accelerator(params)
-    if config.batch_size % accelerator.num_processes:
-        raise TailsynthError(
-            f"{where}.batch_size {config.batch_size} does not split over the {accelerator.num_processes} processes "
-            "of runtime.launch; use a multiple of the process count"
-        )
+    accelerator = process_group(params)
+    check_split(accelerator, config.batch_size, f"{where}.batch_size")
     workers, _ = data_loading(params)
     with progress_bar(config.steps, f"train {section['arch']} seed {seed}") as bar:
         return fit_classifier(

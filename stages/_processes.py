@@ -3,15 +3,31 @@ device, and who writes."""
 
 import sys
 
-from _common import device, log
+from _common import device, log, require
 
 
 def process_group(params: dict):
-    """An ``accelerate.Accelerator`` for this process, in fp32: the launch's process layout only (the
-    generators' training, which does its own gradient averaging)."""
+    """An ``accelerate.Accelerator`` for this process: the launch's process layout (gloo between CPU processes)
+    and the mixed precision ``runtime.train_precision`` names, checked against ``runtime.device``."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device(params).type == "cpu", device_placement=False)
+    from tailsynth.train.distributed import resolve_precision
+
+    dev = device(params)
+    precision = resolve_precision(require(params["runtime"], "train_precision", "runtime"), dev)
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=precision, device_placement=False)
+
+
+def check_split(accelerator, batch_size: int, param: str) -> None:
+    """A ``TailsynthError`` naming ``param`` unless a global batch of ``batch_size`` splits evenly over the
+    launch's processes (unequal shares would weight their gradients unequally)."""
+    from tailsynth.errors import TailsynthError
+
+    if batch_size % accelerator.num_processes:
+        raise TailsynthError(
+            f"{param} {batch_size} does not split over the {accelerator.num_processes} processes "
+            "of runtime.launch; use a multiple of the process count"
+        )
 
 
 def training_device(accelerator, params: dict):

@@ -2,7 +2,7 @@
 
 import time
 
-from _processes import exit_unless_main, process_group, training_device
+from _processes import check_split, exit_unless_main, process_group, training_device
 
 from tailsynth.data.groups import every_prompt, image_prompts
 from tailsynth.data.manifest import image_shape, load_rows, read_classes, read_manifest, select_rows
@@ -37,15 +37,11 @@ def main() -> None:
     # With {group} in the prompt, each image is learnt with its own context's prompt.
     prompts, train_prompts = every_prompt(p["prompt"], classes, manifest), image_prompts(p["prompt"], classes, rows)
     images = load_rows(folder, rows, image_shape(folder)[0]).float() / 255
-    # Under an N-process runtime.launch: data-parallel, each process its share of every batch.
+    # Under accelerate launch: data-parallel, each process its share of every batch; at runtime.train_precision.
     accelerator = process_group(params)
     dev = training_device(accelerator, params)
     for section in ("vae", "unet"):
-        if min(p[section]["batch_size"], len(images)) % accelerator.num_processes:
-            raise TailsynthError(
-                f"generator.{section}.batch_size {p[section]['batch_size']} does not split over the "
-                f"{accelerator.num_processes} processes of runtime.launch; use a multiple of the process count"
-            )
+        check_split(accelerator, min(p[section]["batch_size"], len(images)), f"generator.{section}.batch_size")
     config = gen.SmallLDMConfig(image_size=images.shape[-1], channels=images.shape[1])
     components = gen.build_small_ldm(prompts, config, seed=p["seed"])
     v, u = p["vae"], p["unet"]

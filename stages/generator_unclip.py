@@ -7,6 +7,7 @@ UNet is fine-tuned with. Pretrained: a StableUnCLIPImg2ImgPipeline hub id or fol
 
 import torch
 from _not_applicable import skip_if_not_applicable
+from _processes import check_split, exit_unless_main, process_group, training_device
 
 from tailsynth.data.class_names import prompt_for, uses_group
 from tailsynth.data.groups import class_groups, image_prompts
@@ -15,7 +16,7 @@ from tailsynth.errors import TailsynthError
 from tailsynth.io import atomic_dir, write_json
 from tailsynth.methods import registry
 
-from _common import device, load_params, log, prepared_dir, require, stage
+from _common import load_params, log, prepared_dir, require, stage
 
 OUT = "models/generator_unclip"
 
@@ -51,7 +52,11 @@ def main() -> None:
     from tailsynth.models import generator as gen
     from tailsynth.models import unclip as uc
 
-    dev = device(params)
+    # Under accelerate launch: data-parallel, each process its share of every batch; at runtime.train_precision.
+    accelerator = process_group(params)
+    dev = training_device(accelerator, params)
+    for section in ("encoder", "unet"):
+        check_split(accelerator, min(p[section]["batch_size"], len(images)), f"generator_unclip.{section}.batch_size")
     base = gen.load_pipeline("models/generator", device=dev)
     encoder, processor = uc.build_image_encoder(
         images.shape[-1],
@@ -79,6 +84,7 @@ def main() -> None:
         seed=p["seed"],
         device=dev,
         callback=progress("image encoder"),
+        accelerator=accelerator,
     )
     embeds = uc.processor_embeddings(encoder, processor, images)
     unet = uc.unclip_unet(base.unet, embeds.shape[1])
@@ -102,7 +108,9 @@ def main() -> None:
         seed=p["seed"],
         device=dev,
         callback=progress("unet"),
+        accelerator=accelerator,
     )
+    exit_unless_main()
     info = {
         "source": "train",
         "prompt": prompt,

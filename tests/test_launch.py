@@ -197,7 +197,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_an_error_naming_the_p
     class TwoProcesses:  # an Accelerator as each of 2 launched processes sees it
         num_processes, process_index, is_main_process = 2, 0, True
 
-    monkeypatch.setattr(_fit, "training_accelerator", lambda params: TwoProcesses())
+    monkeypatch.setattr(_fit, "process_group", lambda params: TwoProcesses())
     section = {"arch": "small_cnn", "width": 4, "steps": 1, "batch_size": 33, "lr": 0.01}
     x, y = torch.rand(8, 1, 12, 12), torch.arange(8) % 2
     with pytest.raises(TailsynthError, match=r"classifier.batch_size 33 does not split over the 2 processes"):

@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from tailsynth.errors import TailsynthError
 from tailsynth.models.tokenizer import build_prompt_tokenizer, prompt_length
-from tailsynth.train.distributed import average_gradients, mean_over_processes, shard
+from tailsynth.train.distributed import OptimizerSteps, mean_over_processes, shard
 
 Callback = Callable[[int, float], None]
 
@@ -162,7 +162,8 @@ def train_vae(
     process draws the same global batches and noise, encodes and decodes its contiguous share of each
     (:func:`~tailsynth.train.distributed.shard`), and the gradients are averaged over the processes, so
     N processes compute one process's update up to summation order (the VAE has no batch norm). The
-    logged MSE, and so the early stop, is the global batch's.
+    logged MSE, and so the early stop, is the global batch's. The forward pass runs at the accelerator's
+    mixed precision (``runtime.train_precision``: bf16 or fp16 autocast), the loss and weights in fp32.
     """
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     gen = torch.Generator().manual_seed(seed)
@@ -172,22 +173,19 @@ def train_vae(
     x_all = images * 2 - 1
     window = torch.zeros((), device=device)
     mse, done = float("nan"), 0
+    steps_of = OptimizerSteps(opt, vae.parameters(), accelerator)
     for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
         mine = shard(len(idx), rank, world)
         x = x_all[idx[mine]].to(device)
-        posterior = vae.encode(x).latent_dist
-        # The global batch's noise, drawn whole in every process: each keeps its rows.
-        noise = torch.randn((len(idx), *posterior.mean.shape[1:]), generator=gen)[mine]
-        z = posterior.mean + posterior.std * noise.to(device)
-        recon = vae.decode(z).sample
-        rec_loss = F.mse_loss(recon, x)
-        loss = rec_loss + kl_weight * posterior.kl().mean() / x[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            average_gradients(vae.parameters(), world)
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        with steps_of.autocast():
+            posterior = vae.encode(x).latent_dist
+            # The global batch's noise, drawn whole in every process: each keeps its rows.
+            noise = torch.randn((len(idx), *posterior.mean.shape[1:]), generator=gen)[mine]
+            z = posterior.mean + posterior.std * noise.to(device)
+            recon = vae.decode(z).sample
+        rec_loss = F.mse_loss(recon.float(), x)  # losses in fp32 whatever the autocast
+        loss = rec_loss + kl_weight * posterior.kl().float().mean() / x[0].numel()
+        steps_of.step(loss)
         sched.step()
         window += rec_loss.detach()
         done = step + 1
@@ -262,7 +260,8 @@ def train_denoiser(
 
     ``accelerator`` (or None: one process) trains data-parallel as :func:`train_vae` does: the same
     global draws in every process, each its contiguous share of the batch, gradients averaged, the
-    logged loss the global batch's; every process keeps the same EMA.
+    logged loss the global batch's; every process keeps the same EMA; the forward pass at the
+    accelerator's mixed precision.
     """
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     unet, text_encoder, tokenizer, noise_sched = (
@@ -289,6 +288,7 @@ def train_denoiser(
     text_encoder.requires_grad_(train_text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps))
+    steps_of = OptimizerSteps(opt, params, accelerator)
     ema_params = [list(e.parameters()) for e in ema]
     live_params = [list(m.parameters()) for m in modules]
     window = torch.zeros((), device=device)
@@ -304,17 +304,13 @@ def train_denoiser(
         zt, noise, t, rows = zt[mine], noise[mine], t[mine], rows[mine]
         used, rows = torch.unique(rows, return_inverse=True)
         zt, noise, t = zt.to(device), noise.to(device), t.to(device)
-        with torch.set_grad_enabled(train_text_encoder):
-            hidden = text_encoder(all_ids[used].to(device))[0]  # (U, L, D): one row per distinct prompt
-            cond = _pick_rows(hidden, rows.to(device))
-        pred = unet(zt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            average_gradients(params, world)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        with steps_of.autocast():
+            with torch.set_grad_enabled(train_text_encoder):
+                hidden = text_encoder(all_ids[used].to(device))[0]  # (U, L, D): one row per distinct prompt
+                cond = _pick_rows(hidden, rows.to(device))
+            pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred.float(), noise)
+        steps_of.step(loss)
         sched.step()
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():

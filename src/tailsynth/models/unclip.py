@@ -29,6 +29,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 from tailsynth.data.images import match_channels
 from tailsynth.errors import TailsynthError
 from tailsynth.models.generator import Callback, TrainResult, _batches, _lr_lambda, _token_ids, _window_mean
+from tailsynth.train.distributed import OptimizerSteps, gather_rows, mean_over_processes, shard
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Ten
 
 class _LossWindow:
     """Mean loss of each window of ``every`` steps (and of the last, shorter one), read back from the
-    device once per window; ``callback(step, mean)`` gets each. ``last`` is the latest mean."""
+    device once per window and averaged over the ``world`` processes (each its share of the batch);
+    ``callback(step, mean)`` gets each. ``last`` is the latest mean."""
 
-    def __init__(self, every: int, steps: int, callback: Callback | None, device: str | torch.device):
-        self.every, self.steps, self.callback = every, steps, callback
+    def __init__(self, every: int, steps: int, callback: Callback | None, device: str | torch.device, world: int = 1):
+        self.every, self.steps, self.callback, self.world = every, steps, callback, world
         self.total = torch.zeros((), device=device)
         self.last = float("nan")
 
@@ -134,18 +136,14 @@ class _LossWindow:
         self.total += loss.detach()
         done = step + 1
         if done % self.every == 0 or done == self.steps:
-            self.last = _window_mean(self.total, done, self.every)
+            self.last = _window_mean(mean_over_processes(self.total, self.world), done, self.every)
             self.total.zero_()
             if self.callback is not None:
                 self.callback(step, self.last)
 
 
-def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
-    """Backward, clip the gradient norm of ``params`` to 1, step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
+def _rank_world(accelerator) -> tuple[int, int]:
+    return (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
 
 
 def train_image_encoder(
@@ -162,6 +160,7 @@ def train_image_encoder(
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
+    accelerator=None,
 ) -> TrainResult:
     """Train ``encoder`` in place on ``images`` (N, C, H, W) in [0, 1] with class ``labels`` (N,).
 
@@ -171,7 +170,13 @@ def train_image_encoder(
     image of the batch). The first ties the embedding to the class the prompt names; the second
     makes it tell images of one class apart, which is what lets the image steer the sample.
     Batches, views and the map's initialisation are drawn from CPU generators seeded by ``seed``.
+
+    ``accelerator`` (an ``accelerate.Accelerator``, or None: one process in fp32) trains data-parallel and
+    at its mixed precision: every process draws the global batch and its views, embeds its contiguous
+    share, and gathers the whole batch's embeddings, so both loss terms contrast the global batch as one
+    process does; gradients are averaged over the processes.
     """
+    rank, world = _rank_world(accelerator)
     gen = torch.Generator().manual_seed(seed)
     dim = encoder.config.projection_dim
     text_map = torch.nn.Linear(class_text.shape[1], dim, bias=False)
@@ -185,21 +190,29 @@ def train_image_encoder(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(100, steps // 10)))
     x_all = encoder_input(images)
-    log = _LossWindow(log_every, steps, callback, device)
+    log = _LossWindow(log_every, steps, callback, device, world)
+    steps_of = OptimizerSteps(opt, params, accelerator)
     for step, idx in enumerate(_batches(len(x_all), batch_size, steps, gen)):
         x = x_all[idx]
-        v1 = _augment(x, gen).to(device)
-        v2 = _augment(x, gen).to(device)
-        e1 = F.normalize(encoder(v1).image_embeds, dim=-1)
-        e2 = F.normalize(encoder(v2).image_embeds, dim=-1)
-        text = F.normalize(text_map(class_text), dim=-1)
+        mine = shard(len(idx), rank, world)  # the global batch's views, drawn whole: this process's rows
+        v1 = _augment(x, gen)[mine].to(device)
+        v2 = _augment(x, gen)[mine].to(device)
+        with steps_of.autocast():
+            e1, e2 = encoder(v1).image_embeds, encoder(v2).image_embeds
+            text = text_map(class_text)
+        # Every process computes the global batch's loss from the gathered embeddings. The gather's backward
+        # sums the N processes' (equal) gradients of each embedding, and the mean over processes of the
+        # parameter gradients divides the N back out: the one-process gradient.
+        e1 = F.normalize(gather_rows(e1.float(), world), dim=-1)
+        e2 = F.normalize(gather_rows(e2.float(), world), dim=-1)
+        text = F.normalize(text.float(), dim=-1)
         y = labels[idx].to(device)
         class_loss = F.cross_entropy(logit_scale.exp().clamp(max=100) * e1 @ text.T, y)
         same = torch.arange(len(idx), device=device)
         sim = e1 @ e2.T / temperature
         instance_loss = (F.cross_entropy(sim, same) + F.cross_entropy(sim.T, same)) / 2
         loss = class_loss + instance_loss
-        _optimizer_step(opt, loss, params)
+        steps_of.step(loss)
         sched.step()
         log.add(step, loss)
     encoder.eval()
@@ -277,6 +290,7 @@ def finetune_unclip(
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
+    accelerator=None,
 ) -> TrainResult:
     """Fine-tune ``pipe.unet`` (epsilon objective) on N images given as unscaled VAE posteriors
     ``latent_mean``/``latent_std`` (N, c, h, w), their ``prompts`` (N) and ``image_embeds`` (N, D).
@@ -291,7 +305,12 @@ def finetune_unclip(
     Timesteps are drawn uniformly from [``min_timestep``, T): the embedding tells the model which
     instance of the class to draw, which a latent at a low timestep already shows, so the steps
     spent there barely teach the model to use it (``benchmarks/unclip_recipe.py`` measures the pull).
+
+    ``accelerator`` (or None: one process in fp32) trains data-parallel and at its mixed precision as
+    :func:`~tailsynth.models.generator.train_denoiser` does: the same global draws in every process, each
+    its contiguous share of the batch, gradients averaged, the logged loss the global batch's.
     """
+    rank, world = _rank_world(accelerator)
     total = int(pipe.scheduler.config.num_train_timesteps)
     if not 0 <= min_timestep < total:
         raise TailsynthError(f"generator_unclip.unet.min_timestep must be in [0, {total}), got {min_timestep}")
@@ -313,7 +332,8 @@ def finetune_unclip(
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_params, live_params = list(ema.parameters()), list(unet.parameters())
     levels = pipe.image_noising_scheduler.config.num_train_timesteps
-    log = _LossWindow(log_every, steps, callback, device)
+    log = _LossWindow(log_every, steps, callback, device, world)
+    steps_of = OptimizerSteps(opt, live_params, accelerator)
     for step, idx in enumerate(_batches(len(latent_mean), batch_size, steps, gen)):
         n = len(idx)
         z0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)) * scale
@@ -324,6 +344,9 @@ def finetune_unclip(
         embed_noise = torch.randn(image_embeds[idx].shape, generator=gen)
         no_text, no_image = condition_drops(torch.rand(n, generator=gen), drop_both, drop_image, drop_text)
         rows = torch.where(no_text, torch.full_like(prompt_row[idx], empty_row), prompt_row[idx])
+        mine = shard(n, rank, world)  # drawn for the global batch: this process's rows of it
+        idx, zt, t, noise, level = idx[mine], zt[mine], t[mine], noise[mine], level[mine]
+        embed_noise, no_image, rows = embed_noise[mine], no_image[mine], rows[mine]
         with torch.no_grad():
             cond_image = torch.cat(
                 [
@@ -335,9 +358,10 @@ def finetune_unclip(
             )
             cond_image[no_image.to(device)] = 0
             cond_text = hidden_all[rows.to(device)]
-        pred = unet(zt.to(device), t.to(device), encoder_hidden_states=cond_text, class_labels=cond_image).sample
-        loss = F.mse_loss(pred, noise.to(device))
-        _optimizer_step(opt, loss, live_params)
+        with steps_of.autocast():
+            pred = unet(zt.to(device), t.to(device), encoder_hidden_states=cond_text, class_labels=cond_image).sample
+        loss = F.mse_loss(pred.float(), noise.to(device))
+        steps_of.step(loss)
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, live_params, 1 - decay)

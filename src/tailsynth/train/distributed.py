@@ -12,6 +12,8 @@ floating-point summation order.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -136,6 +138,31 @@ def mean_over_processes(value: torch.Tensor, world: int) -> torch.Tensor:
     return total / world
 
 
+class _GatherRows(torch.autograd.Function):
+    """All processes' (B/N, ...) shares stacked in process order; the backward sums every process's gradient
+    of this process's rows (a reduce-scatter, made of one all-reduce: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        start = dist.get_rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
+def gather_rows(x: torch.Tensor, world: int) -> torch.Tensor:
+    """The global batch (B, ...) from every process's equal share ``x`` (B/N, ...), in process order, with a
+    backward; ``x`` itself in one process. For losses that contrast the whole batch (InfoNCE)."""
+    return x if world == 1 else _GatherRows.apply(x)
+
+
 def global_batch(module: nn.Module) -> nn.Module:
     """``module`` with every ``BatchNorm2d`` and ``Dropout`` made its global-batch version
     (:class:`GlobalBatchNorm2d`, :class:`GlobalDropout`) in place: same weights and buffers."""
@@ -152,3 +179,40 @@ def local_batch(module: nn.Module) -> nn.Module:
         if type(child) in back:
             child.__class__ = back[type(child)]
     return module
+
+
+class OptimizerSteps:
+    """The optimiser steps of a model trained through methods DDP's wrapper does not see (a VAE's ``encode``
+    and ``decode``, a contrastive image encoder), data-parallel and at an accelerator's mixed precision.
+
+    ``accelerator`` is an ``accelerate.Accelerator`` or None (one process, fp32). :meth:`autocast` is the
+    context the forward pass runs in (bf16 / fp16 autocast, or nothing at fp32); :meth:`step` does one
+    update from ``loss``: backward (fp16: the scaled loss), the gradients of ``params`` averaged over
+    the processes (:func:`average_gradients`), unscaled, clipped to norm ``max_norm``, then the
+    optimiser's step (fp16: skipped where a gradient overflowed, as accelerate's scaler decides). In
+    one process at fp32 this is exactly ``zero_grad``, ``backward``, ``clip_grad_norm_``, ``step``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params, accelerator=None, max_norm: float = 1.0):
+        self.accelerator, self.max_norm = accelerator, max_norm
+        self.params = list(params)
+        self.world = 1 if accelerator is None else accelerator.num_processes
+        if accelerator is not None:  # a prepared optimiser steps through accelerate's fp16 gradient scaler
+            optimizer = accelerator.prepare_optimizer(optimizer, device_placement=False)
+        self.optimizer = optimizer
+
+    def autocast(self):
+        return contextlib.nullcontext() if self.accelerator is None else self.accelerator.autocast()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator is None:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+        if self.world > 1:
+            average_gradients(self.params, self.world)
+        if self.accelerator is not None:
+            self.accelerator.unscale_gradients(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.optimizer.step()
