@@ -65,11 +65,12 @@ def generate_ladder_set(
     settings.check(sampler.noise_levels)
     classifier, gaussians, guide = None, None, ""
     if config is not None:
-        classifier = load_classifier(CLASSIFIER, dev)
         guide = folder_digest(CLASSIFIER)  # the guiding classifier's weights enter the row keys
         if config.criterion == "hardness":  # the Gaussians of the real train features, read as runtime.loader says
             workers, in_memory = data_loading(params)
-            _, gaussians = load_guide(folder, channels, len(classes), dev, in_memory, workers)
+            classifier, gaussians = load_guide(folder, channels, len(classes), dev, in_memory, workers)
+        else:
+            classifier = load_classifier(CLASSIFIER, dev)
     rows = plan_feedback(
         method,
         classes,
