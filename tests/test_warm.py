@@ -24,8 +24,8 @@ from threadpoolctl import threadpool_info
 blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
 mask = os.umask(0)
 os.umask(mask)
-print(torch.get_num_threads(), blas, oct(mask), os.getcwd(), sys.argv, __name__, __file__, sys.path[0], fresh,
-      os.environ["MARK"])
+print(torch.get_num_threads(), blas, oct(mask), os.getpriority(os.PRIO_PROCESS, 0), os.getcwd(), sys.argv, __name__,
+      __file__, sys.path[0], fresh, os.environ["MARK"])
 """
 
 
@@ -51,25 +51,31 @@ def gone(pid: int, seconds: float = 10) -> bool:
     return False
 
 
-def shim_and_fresh(tmp_path, args: list[str], env: dict) -> list[subprocess.CompletedProcess]:
+def shim_and_fresh(tmp_path, args: list[str], env: dict, nice: int = 0) -> list[subprocess.CompletedProcess]:
+    """``args`` run by the shim and by a fresh interpreter, each at ``nice`` more than this process."""
     return [
-        subprocess.run([python, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        subprocess.run(
+            [python, *args], cwd=tmp_path, env=env, capture_output=True, text=True, preexec_fn=lambda: os.nice(nice)
+        )
         for python in (str(stage_shim() / "python"), sys.executable)
     ]
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_a_served_stage_sees_what_a_fresh_interpreter_sees(tmp_path, threads):
+@pytest.mark.parametrize("threads, nice", [("1", 0), ("2", 5)])
+def test_a_served_stage_sees_what_a_fresh_interpreter_sees(tmp_path, threads, nice):
     os.umask(0o22)  # both inherit this process's umask; the served stage gets it through the shim
     scripts(tmp_path, probe=PROBE)
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": threads, "MARK": threads}
-    served_proc, fresh_proc = shim_and_fresh(tmp_path, ["stages/probe.py", "a", "b"], env)
+    served_proc, fresh_proc = shim_and_fresh(tmp_path, ["stages/probe.py", "a", "b"], env, nice)
     assert served_proc.returncode == fresh_proc.returncode == 0, served_proc.stderr + fresh_proc.stderr
     assert f"{tmp_path} stages/probe.py a b" in served(tmp_path)  # the first one went through the server
     stages = tmp_path / "stages"
     argv = "['stages/probe.py', 'a', 'b']"
     # torch's OpenMP pool and the BLAS pools (numpy, scipy) both follow OMP_NUM_THREADS
-    expected = f"{threads} [{threads}] 0o22 {tmp_path} {argv} __main__ {stages}/probe.py {stages} True {threads}\n"
+    niceness = os.getpriority(os.PRIO_PROCESS, 0) + nice  # `nice dvc repro` reaches its served stages
+    expected = (
+        f"{threads} [{threads}] 0o22 {niceness} {tmp_path} {argv} __main__ {stages}/probe.py {stages} True {threads}\n"
+    )
     assert served_proc.stdout == fresh_proc.stdout == expected
 
 

@@ -9,7 +9,7 @@ server is gone, the shim execs the real interpreter for. The stage commands, ``d
 ``dvc.lock`` are the same with or without it.
 
 A served stage behaves as a fresh ``python stages/x.py``: cwd, argv, environment, stdio (passed as
-file descriptors), umask, ``__main__``, ``sys.path[0]``, thread pools sized from ``OMP_NUM_THREADS``,
+file descriptors), umask, niceness, ``__main__``, ``sys.path[0]``, thread pools sized from ``OMP_NUM_THREADS``,
 buffering, interpreter shutdown, a fresh import of ``tailsynth`` (only third-party modules are
 preloaded), its exit status (death by a signal included), forwarded SIGINT/SIGTERM/SIGHUP/SIGQUIT,
 and death with its shim (``tests/test_warm.py`` checks each against a fresh interpreter). Not its
@@ -183,6 +183,16 @@ def _apply_thread_counts(env: dict) -> None:
         threadpool_limits(limits=int(blas), user_api="blas")
 
 
+def _set_niceness(nice: int) -> None:
+    """The caller's niceness (``nice dvc repro``), which a fresh interpreter inherits; threads started
+    later (torch's pool) inherit it from this one. Below the server's own it needs CAP_SYS_NICE: without
+    it the server's stays."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        pass
+
+
 def _exec_stage(request: dict, fds: list[int]) -> tuple[int, bool]:
     """In the forked worker: become ``python <argv...>`` and run it to the end of interpreter shutdown.
 
@@ -198,6 +208,7 @@ def _exec_stage(request: dict, fds: list[int]) -> tuple[int, bool]:
         signal.signal(sig, signal.SIG_IGN)
     os.chdir(request["cwd"])
     os.umask(request["umask"])
+    _set_niceness(request["nice"])
     os.environ.clear()
     os.environ.update(request["env"])
     _standard_streams(bool(os.environ.get("PYTHONUNBUFFERED")))
@@ -396,7 +407,8 @@ def read_int():
     return struct.unpack("!i", data)[0]
 umask = os.umask(0)
 os.umask(umask)
-request = {{"cwd": os.getcwd(), "argv": args, "env": dict(os.environ), "umask": umask, "ignored": ignored}}
+request = {{"cwd": os.getcwd(), "argv": args, "env": dict(os.environ), "umask": umask, "ignored": ignored,
+           "nice": os.getpriority(os.PRIO_PROCESS, 0)}}
 body = json.dumps(request).encode()
 try:
     socket.send_fds(s, [struct.pack("!I", len(body))], [0, 1, 2])
