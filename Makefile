@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Two pytest-xdist workers, one per core: the long end-to-end modules run side by side once the smoke run
+# they share is done, and the short ones fill in around them (see README, `make test`).
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint install bench clean
 
@@ -25,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/generation.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,18 +109,57 @@ def make_project(dest: Path, overrides: dict) -> Path:
     return dest
 
 
-def start_repro(root: Path, **extra_env: str) -> subprocess.Popen:
+def start_repro(root: Path, nice: int = 0, **extra_env: str) -> subprocess.Popen:
     """``dvc repro`` in ``root``, in the background (see :func:`command_env`; ``extra_env`` added), its output
-    in ``root/repro.log``."""
+    in ``root/repro.log``; ``nice`` more than this process (its stages too: the stage server honours it)."""
     cmd, env = command_env([str(Path(sys.executable).parent / "dvc"), "repro"])
     env |= extra_env
     with open(root / "repro.log", "w") as log:
-        return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(nice)
+        )
 
 
-# What conftest's session fixture started before the first test: by module name, by fixture name, the
-# project's root and its background process.
-EARLY: dict[str, dict[str, tuple[Path, subprocess.Popen]]] = {}
+# The tests' background runs are CPU-bound together with the tests (2 cores). The smoke run comes first:
+# two modules wait for it and then run for minutes, while one test each waits for the others.
+SIDE_RUN_NICE = 5
+
+
+# What conftest's session fixture started before the first test, by run name ("smoke", "groups", ...): the
+# project's root and its background run (``wait(timeout)`` -> exit status, as on a Popen).
+EARLY: dict[str, tuple[Path, object]] = {}
+
+
+def finished_run(name: str, start, tmp_path_factory) -> Path:
+    """The root of the background run ``name`` once it has succeeded: conftest's early one, else started
+    now by ``start(tmp_path_factory) -> (root, process)``."""
+    if name not in EARLY:
+        EARLY[name] = start(tmp_path_factory)
+    root, proc = EARLY[name]
+    assert proc.wait(timeout=1800) == 0, (root / "repro.log").read_text()[-4000:]
+    return root
+
+
+def start_smoke(tmp_path_factory) -> tuple[Path, subprocess.Popen]:
+    """The smoke ``dvc repro``, in the background, with no Inception weights (FID must be absent, not made
+    up)."""
+    root = make_project(tmp_path_factory.mktemp("pipeline"), smoke_overrides())
+    return root, start_repro(root, TORCH_HOME=str(tmp_path_factory.mktemp("torch_home")))
+
+
+def smoke_project(tmp_path_factory) -> Path:
+    """A copy of the finished smoke project, its outputs committed, for one test module to change: modules
+    run at once on pytest-xdist workers, and the finished run itself is never changed."""
+    dest = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(finished_run("smoke", start_smoke, tmp_path_factory), dest, symlinks=True, dirs_exist_ok=True)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "repro"], dest)
+    return dest
+
+
+def ran_stages(output: str) -> set[str]:
+    """Names of the stages a dvc run ran, without the ``pipelines/<part>/dvc.yaml:`` of the parts' stages."""
+    return {name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", output)}
 
 
 def smoke_overrides() -> dict:

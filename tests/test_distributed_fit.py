@@ -41,6 +41,8 @@ TWO = [
     "no",
     "--dynamo_backend",
     "no",
+    "--main_process_port",  # 0: accelerate picks a free one (two pytest-xdist workers may launch at once)
+    "0",
 ]
 BATCH, LOCAL = 32, 16
 

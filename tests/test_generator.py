@@ -128,11 +128,11 @@ def test_denoiser_runs_the_text_encoder_once_per_distinct_prompt():
     assert batches and all(n <= 3 for n in batches)  # two prompts and the empty one, not 16 rows
 
 
-def test_picking_prompt_rows_has_a_backward_that_repeats_bit_for_bit_on_two_threads():
+def test_picking_prompt_rows_has_a_backward_that_repeats_bit_for_bit_on_two_threads(two_torch_threads):
     """Fails with ``hidden[rows]``: its backward accumulates in a thread-dependent order on the CPU, and two
     cold runs of the pipeline trained different text encoders (every synthetic set and metric then drifted).
     Measured on 2 cores: 29 of 30 repeats of the indexing backward differed from the first; none of these."""
-    assert torch.get_num_threads() == 2  # conftest: the race needs more than one thread
+    assert torch.get_num_threads() == 2  # the race needs more than one thread
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(3, 16, 128, generator=g)  # (distinct prompts, tokens, width)
     rows, upstream = torch.randint(0, 3, (64,), generator=g), torch.randn(64, 16, 128, generator=g)
@@ -146,7 +146,7 @@ def test_picking_prompt_rows_has_a_backward_that_repeats_bit_for_bit_on_two_thre
     assert all(torch.equal(first, grad()) for _ in range(30))
 
 
-def test_denoiser_training_repeats_bit_for_bit_on_two_threads():
+def test_denoiser_training_repeats_bit_for_bit_on_two_threads(two_torch_threads):
     """The whole training step (text encoder, UNet, optimiser, EMA) repeats exactly; the tiny shape keeps it cheap
     (the full embedded shape took 50 s for four runs)."""
     assert torch.get_num_threads() == 2

@@ -22,7 +22,11 @@ DVC = str(Path(sys.executable).parent / "dvc")
 STAGE = "pipelines/synth/dvc.yaml:synth@txt2img"
 OUT = Path("data/synthetic/txt2img")
 ACCELERATE = f"{Path(sys.executable).parent / 'accelerate'} launch"
-TWO = f"{ACCELERATE} --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+# Port 0: accelerate picks a free one (two pytest-xdist workers may launch at once).
+TWO = (
+    f"{ACCELERATE} --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+    " --main_process_port 0"
+)
 
 
 def set_launch(root: Path, launch: str) -> None:

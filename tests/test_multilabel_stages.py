@@ -10,7 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_utils import EARLY, command_env, deep_update, make_project, run, smoke_overrides, start_repro
+from pipeline_utils import (
+    SIDE_RUN_NICE,
+    command_env,
+    deep_update,
+    finished_run,
+    make_project,
+    run,
+    smoke_overrides,
+    start_repro,
+)
 
 from tailsynth.data.targets import load_targets
 from tailsynth.methods import registry
@@ -49,25 +58,26 @@ SINGLE_LABEL = registry.names(registry.LONG_TAIL, registry.GENIE) + registry.nam
 )
 
 
-def start_early(tmp_path_factory, fixtures: set[str]) -> dict:
-    """The whole pipeline on digits_multilabel by params alone, for ``workspace``: ``dvc repro``, started in
-    the background, after the README's ``-S data.dataset=digits_multilabel`` applied to params.yaml as
-    ``dvc exp run`` applies it."""
+def start_multilabel(tmp_path_factory) -> tuple[Path, subprocess.Popen]:
+    """The whole pipeline on digits_multilabel by params alone: ``dvc repro``, started in the background,
+    after the README's ``-S data.dataset=digits_multilabel`` applied to params.yaml as ``dvc exp run``
+    applies it."""
     from dvc.utils.hydra import apply_overrides
 
-    if "workspace" not in fixtures:
-        return {}
     root = make_project(tmp_path_factory.mktemp("multilabel"), deep_update(smoke_overrides(), OVERRIDES))
     apply_overrides(root / "params.yaml", ["data.dataset=digits_multilabel"])
-    return {"workspace": (root, start_repro(root))}
+    return root, start_repro(root, SIDE_RUN_NICE)
+
+
+def start_early(fixtures: set[str]) -> dict:
+    """For conftest: the multi-label run, started before the first test, if ``workspace`` is used."""
+    return {"multilabel": start_multilabel} if "workspace" in fixtures else {}
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """The finished digits_multilabel project (started by conftest before the first test, else here)."""
-    root, proc = EARLY.get(__name__, {}).get("workspace") or start_early(tmp_path_factory, {"workspace"})["workspace"]
-    assert proc.wait(timeout=1800) == 0, (root / "repro.log").read_text()[-4000:]
-    return root
+    return finished_run("multilabel", start_multilabel, tmp_path_factory)
 
 
 def test_every_stage_runs_and_the_single_label_ones_record_why_not(workspace):

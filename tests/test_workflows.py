@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 CHECK = str(Path(sys.executable).parent / "check-jsonschema")
-# ci/steps.sh steps and the tests that run them (tests/test_pipeline.py, on the smoke project);
+# ci/steps.sh steps and the tests that run them (tests/test_shared_cache.py, on the smoke project);
 # `install` is `make install`, which `make test` itself runs first.
 TESTED_STEPS = {"install", "remote", "reproduce", "report", "gpu-exp", "comment"}
 
