@@ -1,7 +1,6 @@
 """The stages that train and evaluate on multi-label data, end to end on digits_multilabel (tiny step counts)."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pipeline_utils import (
     deep_update,
     finished_run,
     make_project,
+    ran_stages,
     run,
     smoke_overrides,
     start_repro,
@@ -82,7 +82,7 @@ def workspace(tmp_path_factory):
 
 def test_every_stage_runs_and_the_single_label_ones_record_why_not(workspace):
     log = (workspace / "repro.log").read_text()
-    ran = {name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", log)}
+    ran = ran_stages(log)
     listed = run([DVC, "stage", "list", "--all", "--name-only"], workspace).stdout.split()
     assert ran == {name.rpartition(":")[2] for name in listed}
     for m in SINGLE_LABEL:
