@@ -40,8 +40,12 @@ FUSION = registry.names(registry.LONG_TAIL, registry.FUSION)  # long-tail only
 def start_early(fixtures: set[str]) -> dict:
     """For conftest: the smoke run (for ``project``) and the group-imbalanced one (for ``groups``), started
     before the first test."""
-    return {name: start for name, start, f in [("smoke", start_smoke, "project"), ("groups", start_groups, "groups")]
-            if f in fixtures}  # fmt: skip
+    runs = {}
+    if "project" in fixtures:
+        runs["smoke"] = start_smoke
+    if "groups" in fixtures:
+        runs["groups"] = start_groups
+    return runs
 
 
 @pytest.fixture(scope="module")
